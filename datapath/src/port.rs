@@ -1,0 +1,146 @@
+//! The `Port` abstraction: anything frames come in from and go out to.
+//!
+//! A port splits into a receive half ([`PortRx`], owned by exactly one poll
+//! thread) and a transmit half ([`PortTx`], shared by all poll threads behind
+//! a mutex that is taken once per batch, never per packet).
+//!
+//! Implementations: [`crate::xsk`] (AF_XDP on a veth or NIC) and
+//! [`MemPort`] (in-memory, for tests and benchmarks). VXLAN tunnel ports are
+//! virtual: they encapsulate onto an underlay port (see [`crate::vxlan`]).
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+/// Largest frame a port carries (Ethernet + VLAN tag, no jumbo frames).
+pub const MAX_FRAME: usize = 2048;
+
+/// Receive half of a port.
+pub trait PortRx: Send {
+    /// Receives up to `max` frames; they stay valid (and writable in place)
+    /// until [`PortRx::release`]. Returns how many arrived.
+    fn recv(&mut self, max: usize) -> usize;
+    /// Frame `i` of the current batch (`i < recv()`'s result).
+    fn frame(&mut self, i: usize) -> &mut [u8];
+    /// Gives the current batch's buffers back (to the kernel, for AF_XDP).
+    fn release(&mut self);
+    /// A file descriptor that becomes readable when frames arrive, for the
+    /// poll thread's idle wait. `None` if the port cannot be waited on.
+    fn wait_fd(&self) -> Option<RawFd>;
+}
+
+/// Transmit half of a port.
+pub trait PortTx: Send {
+    /// Queues a copy of `frame`. Returns false (frame dropped) if the
+    /// transmit ring is full.
+    fn send(&mut self, frame: &[u8]) -> bool;
+    /// Submits queued frames and wakes the kernel if it asked for it.
+    fn flush(&mut self);
+}
+
+/// A port that can be split into its halves.
+pub trait Port: Send {
+    /// Interface or port name.
+    fn name(&self) -> &str;
+    /// `afxdp`, `memory`, ...
+    fn kind(&self) -> &'static str;
+    /// Splits the port for the poll threads.
+    fn split(self: Box<Self>) -> (Box<dyn PortRx>, Box<dyn PortTx>);
+}
+
+/// Shared queue of frames for an in-memory port.
+pub type FrameQueue = Arc<Mutex<VecDeque<Vec<u8>>>>;
+
+/// An in-memory port: frames pushed into `inject` are received by the
+/// switch; frames the switch sends appear in `sent`. Tests play the far end.
+#[derive(Debug, Clone)]
+pub struct MemPort {
+    name: String,
+    /// Frames waiting to be received by the switch.
+    pub inject: FrameQueue,
+    /// Frames sent by the switch.
+    pub sent: FrameQueue,
+}
+
+impl MemPort {
+    /// A new in-memory port.
+    pub fn new(name: &str) -> Self {
+        MemPort {
+            name: name.to_string(),
+            inject: Arc::default(),
+            sent: Arc::default(),
+        }
+    }
+}
+
+impl Port for MemPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn split(self: Box<Self>) -> (Box<dyn PortRx>, Box<dyn PortTx>) {
+        (
+            Box::new(MemRx {
+                q: self.inject,
+                batch: Vec::new(),
+                spare: Vec::new(),
+            }),
+            Box::new(MemTx { q: self.sent }),
+        )
+    }
+}
+
+/// Receive half of a [`MemPort`].
+#[derive(Debug)]
+pub struct MemRx {
+    q: FrameQueue,
+    batch: Vec<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl PortRx for MemRx {
+    fn recv(&mut self, max: usize) -> usize {
+        let Ok(mut q) = self.q.lock() else { return 0 };
+        while self.batch.len() < max {
+            match q.pop_front() {
+                Some(f) => self.batch.push(f),
+                None => break,
+            }
+        }
+        self.batch.len()
+    }
+    fn frame(&mut self, i: usize) -> &mut [u8] {
+        self.batch
+            .get_mut(i)
+            .map(|v| v.as_mut_slice())
+            .unwrap_or(&mut [])
+    }
+    fn release(&mut self) {
+        self.spare.append(&mut self.batch);
+        self.spare.truncate(64);
+    }
+    fn wait_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// Transmit half of a [`MemPort`].
+#[derive(Debug)]
+pub struct MemTx {
+    q: FrameQueue,
+}
+
+impl PortTx for MemTx {
+    fn send(&mut self, frame: &[u8]) -> bool {
+        match self.q.lock() {
+            Ok(mut q) => {
+                q.push_back(frame.to_vec());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+    fn flush(&mut self) {}
+}

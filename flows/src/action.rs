@@ -1,0 +1,204 @@
+//! OpenFlow-level actions, as written after `actions=` in `ovs-ofctl` syntax,
+//! and group definitions.
+
+use crate::field::Field;
+use std::net::Ipv4Addr;
+
+/// An OpenFlow port number. Ports are 16-bit, as in OpenFlow 1.0 / OVS's
+/// `ofp_port_t`.
+pub type PortNo = u16;
+
+/// Reserved port numbers (same values as OpenFlow 1.0).
+pub mod port {
+    use super::PortNo;
+    /// The ingress port (`in_port` action).
+    pub const IN_PORT: PortNo = 0xfff8;
+    /// `normal` (L2 learning switch).
+    pub const NORMAL: PortNo = 0xfffa;
+    /// `flood`.
+    pub const FLOOD: PortNo = 0xfffb;
+    /// `all`.
+    pub const ALL: PortNo = 0xfffc;
+    /// `controller`.
+    pub const CONTROLLER: PortNo = 0xfffd;
+    /// `local` (the bridge's own port).
+    pub const LOCAL: PortNo = 0xfffe;
+    /// "No port".
+    pub const NONE: PortNo = 0xffff;
+}
+
+/// A bit range of a field, `reg0[0..15]` / `NXM_NX_REG0[0..15]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubField {
+    /// The field.
+    pub field: Field,
+    /// First bit (0 = least significant).
+    pub ofs: u32,
+    /// Number of bits (≥ 1).
+    pub n_bits: u32,
+}
+
+impl SubField {
+    /// The whole field.
+    pub fn whole(field: Field) -> SubField {
+        SubField {
+            field,
+            ofs: 0,
+            n_bits: field.width(),
+        }
+    }
+}
+
+/// Which side `nat(...)` rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NatKind {
+    /// `nat(src=...)`.
+    Src,
+    /// `nat(dst=...)`.
+    Dst,
+}
+
+/// The `nat` argument of `ct(...)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Nat {
+    /// `None` for plain `nat`: only un-NAT replies of already-NATed connections.
+    pub kind: Option<NatKind>,
+    /// First address of the range.
+    pub ip_min: Ipv4Addr,
+    /// Last address of the range (== `ip_min` for one address).
+    pub ip_max: Ipv4Addr,
+    /// Port range; `0,0` keeps the original port.
+    pub port_min: u16,
+    /// Last port of the range.
+    pub port_max: u16,
+}
+
+/// Arguments of `ct(...)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtArgs {
+    /// `commit`: create a connection entry if there is none.
+    pub commit: bool,
+    /// `zone=N`.
+    pub zone: u16,
+    /// `table=N`: recirculate to table N after tracking, with `ct_state` set.
+    pub table: Option<u8>,
+    /// `nat(...)`.
+    pub nat: Option<Nat>,
+}
+
+/// One action.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `output:N` (also the bare `N` form).
+    Output(PortNo),
+    /// `in_port`: send back out the ingress port.
+    InPort,
+    /// `normal`: MAC-learning switch with VLAN awareness.
+    Normal,
+    /// `flood`: all ports in the same VLAN except the ingress port.
+    Flood,
+    /// `all`: all ports except the ingress port.
+    All,
+    /// `controller` / `controller(reason,max_len=N)`: punted, counted.
+    Controller {
+        /// Bytes of the packet that would be sent.
+        max_len: u16,
+    },
+    /// `drop` (only valid alone; an empty list also drops).
+    Drop,
+    /// `push_vlan:0x8100`.
+    PushVlan(u16),
+    /// `strip_vlan` / `pop_vlan`.
+    PopVlan,
+    /// `mod_vlan_vid:N` (pushes a tag if there is none, as OVS does).
+    SetVlanVid(u16),
+    /// `mod_vlan_pcp:N`.
+    SetVlanPcp(u8),
+    /// `mod_dl_src:MAC`.
+    SetDlSrc([u8; 6]),
+    /// `mod_dl_dst:MAC`.
+    SetDlDst([u8; 6]),
+    /// `mod_nw_src:IP`.
+    SetNwSrc(Ipv4Addr),
+    /// `mod_nw_dst:IP`.
+    SetNwDst(Ipv4Addr),
+    /// `mod_tp_src:N`.
+    SetTpSrc(u16),
+    /// `mod_tp_dst:N`.
+    SetTpDst(u16),
+    /// `set_tunnel:ID` / `set_tunnel64:ID`.
+    SetTunnel(u64),
+    /// `set_field:VALUE[/MASK]->FIELD`.
+    SetField {
+        /// The field.
+        field: Field,
+        /// Value, aligned to the field's LSB.
+        value: u64,
+        /// Which bits to set.
+        mask: u64,
+    },
+    /// `load:VALUE->DST[a..b]`.
+    Load {
+        /// Value, aligned to `dst.ofs`'s bit 0.
+        value: u64,
+        /// Destination bits.
+        dst: SubField,
+    },
+    /// `move:SRC[a..b]->DST[c..d]`.
+    Move {
+        /// Source bits.
+        src: SubField,
+        /// Destination bits (same width).
+        dst: SubField,
+    },
+    /// `resubmit(port,table)` / `resubmit:port`.
+    Resubmit {
+        /// Port to pretend the packet came in on (`None`: keep in_port).
+        port: Option<PortNo>,
+        /// Table to search (`None`: the current table).
+        table: Option<u8>,
+    },
+    /// `goto_table:N` (must be last, N > current table).
+    GotoTable(u8),
+    /// `group:N`.
+    Group(u32),
+    /// `ct(...)`.
+    Ct(CtArgs),
+    /// `ct_clear`.
+    CtClear,
+    /// `dec_ttl`.
+    DecTtl,
+}
+
+/// OpenFlow group types the pipeline implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupType {
+    /// Every bucket gets a copy.
+    All,
+    /// One bucket chosen by a 5-tuple hash, weighted.
+    Select,
+    /// Exactly one bucket.
+    Indirect,
+}
+
+/// A bucket of a group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Bucket {
+    /// Bucket id (for printing).
+    pub id: u32,
+    /// Relative weight for `select` (0 = never chosen).
+    pub weight: u16,
+    /// Actions run when the bucket is chosen.
+    pub actions: Vec<Action>,
+}
+
+/// A group: `group_id=1,type=select,bucket=output:1,bucket=output:2`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Group {
+    /// Group id.
+    pub id: u32,
+    /// Group type.
+    pub kind: GroupType,
+    /// Buckets in order.
+    pub buckets: Vec<Bucket>,
+}
