@@ -29,4 +29,6 @@ pub mod classifier;
 pub mod field;
 pub mod flow_match;
 pub mod key;
+pub mod mac_learning;
 pub mod pipeline;
+pub mod xlate;

@@ -441,9 +441,8 @@ impl Pipeline {
                     let mut n = 0;
                     for t in &mut self.tables {
                         let before = t.cls.len();
-                        t.cls.retain(|_, _, e| {
-                            !e.spec.actions.iter().any(|a| *a == Action::Group(id))
-                        });
+                        t.cls
+                            .retain(|_, _, e| !e.spec.actions.contains(&Action::Group(id)));
                         n += before - t.cls.len();
                     }
                     sum.deleted += n;
@@ -484,10 +483,8 @@ impl Pipeline {
                         return Err(PipelineError::GotoBackwards { table, target: *t });
                     }
                 }
-                Action::Group(g) => {
-                    if !self.groups.contains_key(g) {
-                        return Err(PipelineError::NoSuchGroup { table, group: *g });
-                    }
+                Action::Group(g) if !self.groups.contains_key(g) => {
+                    return Err(PipelineError::NoSuchGroup { table, group: *g });
                 }
                 Action::Resubmit { table: Some(t), .. } | Action::GotoTable(t)
                     if *t as usize >= N_TABLES =>
