@@ -526,6 +526,35 @@ impl Pipeline {
     }
 }
 
+/// `replace-flows`: makes `cur`'s flows and groups equal to `target`'s,
+/// keeping the entries (and counters) of flows that did not change, and
+/// `cur`'s ports. Returns the new version and what changed.
+pub fn replace_flows(cur: &Pipeline, target: Pipeline) -> (Pipeline, ApplySummary) {
+    let mut next = target;
+    next.ports = cur.ports.clone();
+    next.version = cur.version + 1;
+    let mut sum = ApplySummary::default();
+    for (nt, ct) in next.tables.iter_mut().zip(cur.tables.iter()) {
+        nt.stats = ct.stats.clone();
+        let mut keep = Vec::new();
+        for (m, prio, e) in nt.cls.iter() {
+            match ct.cls.get(m, prio) {
+                Some(old) if old.spec == e.spec => keep.push((*m, prio, old.clone())),
+                _ => sum.added += 1,
+            }
+        }
+        for (m, prio, old) in keep {
+            nt.cls.insert(m, prio, old);
+        }
+        for (m, prio, _) in ct.cls.iter() {
+            if nt.cls.get(m, prio).is_none() {
+                sum.deleted += 1;
+            }
+        }
+    }
+    (next, sum)
+}
+
 fn prereq_text(p: crate::field::Prereq) -> &'static str {
     use crate::field::Prereq;
     match p {
@@ -616,6 +645,34 @@ mod tests {
         assert_eq!(p.expire(2000), 0);
         assert_eq!(p.expire(3000), 1); // idle one
         assert_eq!(p.expire(6000), 1); // hard one
+    }
+
+    #[test]
+    fn replace_keeps_unchanged_counters() {
+        let mut p = Pipeline::new();
+        p.apply(
+            &[
+                FlowMod::Add(spec(0, 10, 1, 2)),
+                FlowMod::Add(spec(0, 10, 2, 2)),
+            ],
+            0,
+        )
+        .unwrap();
+        let kept = p.flows(&FlowFilter::default())[0].stats.clone();
+        kept.add(3, 300, 0);
+        let mut target = Pipeline::new();
+        let first = p.flows(&FlowFilter::default())[0].spec.clone();
+        target
+            .apply(&[FlowMod::Add(first), FlowMod::Add(spec(0, 10, 3, 2))], 0)
+            .unwrap();
+        let (next, sum) = replace_flows(&p, target);
+        assert_eq!((sum.added, sum.deleted), (1, 1));
+        assert_eq!(next.n_flows(), 2);
+        let again = next
+            .flows(&FlowFilter::default())
+            .into_iter()
+            .find(|e| Arc::ptr_eq(&e.stats, &kept));
+        assert!(again.is_some(), "unchanged flow keeps its counters");
     }
 
     #[test]
