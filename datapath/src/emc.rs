@@ -1,0 +1,209 @@
+//! The exact-match flow cache: one per poll thread, in front of the
+//! pipeline.
+//!
+//! A direct-mapped table of [`EMC_SIZE`] slots keyed by the whole
+//! [`FlowKey`], each slot holding the datapath actions that translation
+//! produced for that key. An entry is valid only for the pipeline version
+//! (and, if it used `normal`, the MAC-table generation) it was made with, so
+//! every table change invalidates it without any explicit flush. Hits add to
+//! per-entry pending counters, credited to the flows once per batch.
+
+use std::sync::Arc;
+
+use flows::key::{FlowKey, KEY_WORDS};
+use flows::xlate::Xlation;
+
+/// Number of slots (power of two).
+pub const EMC_SIZE: usize = 8192;
+
+/// A cached translation.
+#[derive(Debug)]
+pub struct CachedFlow {
+    /// The translation.
+    pub x: Xlation,
+    /// Pipeline version it was made with.
+    pub version: u64,
+    /// MAC-table generation it was made with (meaningful if
+    /// `x.uses_mac_table`).
+    pub mac_gen: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: FlowKey,
+    hash: u32,
+    flow: Option<Arc<CachedFlow>>,
+    pending_packets: u64,
+    pending_bytes: u64,
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct Emc {
+    slots: Box<[Slot]>,
+    dirty: Vec<u32>,
+    /// Lookups that hit a valid entry.
+    pub hits: u64,
+    /// Lookups that missed (or found a stale entry).
+    pub misses: u64,
+}
+
+impl Default for Emc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Hash of a full key: multiply-fold of the words. Cheap, and good enough
+/// for a direct-mapped cache whose collisions only cost a miss.
+#[inline]
+pub fn key_hash(k: &FlowKey) -> u32 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..KEY_WORDS {
+        h = (h ^ k.w[i]).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    }
+    (h >> 32) as u32 ^ h as u32
+}
+
+impl Emc {
+    /// An empty cache.
+    pub fn new() -> Self {
+        let slots = (0..EMC_SIZE)
+            .map(|_| Slot {
+                key: FlowKey::ZERO,
+                hash: 0,
+                flow: None,
+                pending_packets: 0,
+                pending_bytes: 0,
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Emc {
+            slots,
+            dirty: Vec::with_capacity(256),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Looks `key` up; on a valid hit credits `bytes` to the entry and
+    /// returns its translation.
+    #[inline]
+    pub fn lookup(
+        &mut self,
+        key: &FlowKey,
+        hash: u32,
+        version: u64,
+        mac_gen: u64,
+        bytes: u64,
+    ) -> Option<Arc<CachedFlow>> {
+        let idx = hash as usize & (EMC_SIZE - 1);
+        let slot = &mut self.slots[idx];
+        if let Some(f) = &slot.flow {
+            if slot.hash == hash
+                && slot.key == *key
+                && f.version == version
+                && (!f.x.uses_mac_table || f.mac_gen == mac_gen)
+            {
+                if slot.pending_packets == 0 {
+                    self.dirty.push(idx as u32);
+                }
+                slot.pending_packets += 1;
+                slot.pending_bytes += bytes;
+                self.hits += 1;
+                return Some(f.clone());
+            }
+        }
+        self.misses += 1;
+        None
+    }
+
+    /// Stores a fresh translation for `key` (evicting whatever was in the
+    /// slot after crediting its pending counters) and credits this packet.
+    pub fn insert(
+        &mut self,
+        key: &FlowKey,
+        hash: u32,
+        flow: Arc<CachedFlow>,
+        bytes: u64,
+        now_ms: u64,
+    ) {
+        let idx = hash as usize & (EMC_SIZE - 1);
+        let slot = &mut self.slots[idx];
+        credit(slot, now_ms);
+        slot.key = *key;
+        slot.hash = hash;
+        slot.flow = Some(flow);
+        slot.pending_packets = 1;
+        slot.pending_bytes = bytes;
+        self.dirty.push(idx as u32);
+    }
+
+    /// Credits pending hits to flow and table counters; call once a batch.
+    pub fn flush_stats(&mut self, now_ms: u64) {
+        for &i in &self.dirty {
+            credit(&mut self.slots[i as usize], now_ms);
+        }
+        self.dirty.clear();
+    }
+
+    /// Drops every entry (after crediting counters).
+    pub fn clear(&mut self, now_ms: u64) {
+        self.flush_stats(now_ms);
+        for s in self.slots.iter_mut() {
+            s.flow = None;
+        }
+    }
+}
+
+fn credit(slot: &mut Slot, now_ms: u64) {
+    if slot.pending_packets == 0 {
+        return;
+    }
+    if let Some(f) = &slot.flow {
+        for s in &f.x.flows {
+            s.add(slot.pending_packets, slot.pending_bytes, now_ms);
+        }
+        for (t, matched) in &f.x.tables {
+            t.lookups
+                .fetch_add(slot.pending_packets, std::sync::atomic::Ordering::Relaxed);
+            if *matched {
+                t.matched
+                    .fetch_add(slot.pending_packets, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    slot.pending_packets = 0;
+    slot.pending_bytes = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flows::field::Field;
+    use flows::pipeline::FlowStats;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn hit_miss_invalidate_and_credit() {
+        let mut emc = Emc::new();
+        let mut k = FlowKey::ZERO;
+        k.set(Field::InPort, 1);
+        let h = key_hash(&k);
+        assert!(emc.lookup(&k, h, 1, 0, 60).is_none());
+        let stats = Arc::new(FlowStats::default());
+        let x = Xlation {
+            flows: vec![stats.clone()],
+            ..Xlation::default()
+        };
+        emc.insert(&k, h, Arc::new(CachedFlow { x, version: 1, mac_gen: 0 }), 60, 0);
+        assert!(emc.lookup(&k, h, 1, 0, 60).is_some());
+        assert!(emc.lookup(&k, h, 2, 0, 60).is_none(), "new version invalidates");
+        emc.flush_stats(5);
+        assert_eq!(stats.n_packets.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.n_bytes.load(Ordering::Relaxed), 120);
+        let mut k2 = k;
+        k2.set(Field::InPort, 2);
+        assert!(emc.lookup(&k2, key_hash(&k2), 1, 0, 60).is_none());
+    }
+}

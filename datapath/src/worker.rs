@@ -1,0 +1,742 @@
+//! A poll thread: receives batches from its ports, looks each packet up in
+//! its exact-match cache (translating on a miss), executes the datapath
+//! actions, and sends the results out in per-port batches.
+//!
+//! Per packet nothing is allocated, logged or locked (conntrack aside, see
+//! below): outputs are copied into per-destination staging arenas that are
+//! reused across batches, and each destination's transmit lock is taken
+//! once per batch. Conntrack takes its mutex per tracked packet; with one
+//! poll thread it is never contended.
+//!
+//! When a full round over its ports finds nothing, the thread backs off:
+//! it spins a little, then sleeps in `epoll` on the ports' AF_XDP sockets
+//! (and a waker for management commands), so an idle node burns no core.
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::Receiver;
+use flows::action::{NatKind, PortNo};
+use flows::field::{ethertype, ipproto, Field};
+use flows::key::FlowKey;
+use flows::pipeline::Pipeline;
+use flows::xlate::{translate, DpAction, XlateDrop, XlateEnv};
+
+use crate::conntrack::{CtInput, Tuple};
+use crate::emc::{key_hash, CachedFlow, Emc};
+use crate::extract::{extract, DropReason, Layout};
+use crate::packet;
+use crate::port::{PortRx, MAX_FRAME};
+use crate::switch::{lock, PortRole, PortState, PortTable, Shared, BATCH};
+use crate::tunnel;
+
+/// mio token of the management waker.
+pub const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
+/// Empty rounds before the thread sleeps.
+const IDLE_SPINS: u32 = 2000;
+/// Longest sleep (also bounds how late timeouts are noticed).
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Sleep when some port cannot be waited on (in-memory ports).
+const POLL_SLEEP: Duration = Duration::from_millis(1);
+/// Recirculations allowed per packet.
+const MAX_RECIRC: usize = 4;
+/// Room kept in front of a frame in scratch space for pushes/encap.
+const HEADROOM: usize = 128;
+
+/// Commands from the management side.
+pub enum WorkerCmd {
+    /// Start polling a port.
+    AddRx {
+        /// Port number.
+        no: PortNo,
+        /// Its receive half.
+        rx: Box<dyn PortRx>,
+        /// Its published state.
+        state: Arc<PortState>,
+    },
+    /// Stop polling a port (and drop its receive half).
+    DelRx(PortNo),
+    /// Exit.
+    Stop,
+}
+
+impl std::fmt::Debug for WorkerCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerCmd::AddRx { no, .. } => write!(f, "AddRx({no})"),
+            WorkerCmd::DelRx(no) => write!(f, "DelRx({no})"),
+            WorkerCmd::Stop => write!(f, "Stop"),
+        }
+    }
+}
+
+struct RxPort {
+    no: PortNo,
+    rx: Box<dyn PortRx>,
+    state: Arc<PortState>,
+}
+
+/// Frames staged for one destination during a batch.
+#[derive(Default, Debug)]
+struct StageQ {
+    data: Vec<u8>,
+    frames: Vec<(u32, u32)>,
+}
+
+/// Everything a poll thread needs except its receive ports, so packet
+/// processing can borrow it while a port's batch is borrowed.
+#[derive(Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    id: usize,
+    emc: Emc,
+    pipeline: Arc<Pipeline>,
+    ports: Arc<PortTable>,
+    stage: Vec<StageQ>,
+    mac_gen: u64,
+    now_ms: u64,
+    // local counters, published once per batch
+    packets: u64,
+    upcalls: u64,
+    controller: u64,
+    drops: [u64; DropReason::COUNT],
+}
+
+/// A packet being processed: in its receive buffer, or moved to scratch
+/// space once its size must change.
+struct Pkt<'a> {
+    rx: &'a mut [u8],
+    scratch: &'a mut [u8],
+    in_scratch: bool,
+    start: usize,
+    len: usize,
+}
+
+impl Pkt<'_> {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        if self.in_scratch {
+            &self.scratch[self.start..self.start + self.len]
+        } else {
+            &self.rx[..self.len]
+        }
+    }
+    #[inline]
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.in_scratch {
+            &mut self.scratch[self.start..self.start + self.len]
+        } else {
+            &mut self.rx[..self.len]
+        }
+    }
+    /// Moves the frame to scratch space with [`HEADROOM`] in front.
+    fn to_scratch(&mut self) -> bool {
+        if self.in_scratch {
+            return true;
+        }
+        if HEADROOM + self.len > self.scratch.len() {
+            return false;
+        }
+        self.scratch[HEADROOM..HEADROOM + self.len].copy_from_slice(&self.rx[..self.len]);
+        self.start = HEADROOM;
+        self.in_scratch = true;
+        true
+    }
+}
+
+impl Engine {
+    /// An engine for thread `id` (also used directly by benchmarks).
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let pipeline = shared.pipeline.load_full();
+        let ports = shared.ports.load_full();
+        Engine {
+            shared,
+            id,
+            emc: Emc::new(),
+            pipeline,
+            ports,
+            stage: Vec::new(),
+            mac_gen: 0,
+            now_ms: 0,
+            packets: 0,
+            upcalls: 0,
+            controller: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
+
+    /// Picks up the newest pipeline and port table; call once per batch.
+    #[inline]
+    pub fn refresh(&mut self) {
+        let p = self.shared.pipeline.load();
+        if !Arc::ptr_eq(&p, &self.pipeline) {
+            self.pipeline = arc_swap::Guard::into_inner(p);
+        }
+        let pt = self.shared.ports.load();
+        if !Arc::ptr_eq(&pt, &self.ports) {
+            self.ports = arc_swap::Guard::into_inner(pt);
+        }
+        if self.stage.len() != self.ports.ports.len() {
+            self.stage.resize_with(self.ports.ports.len(), StageQ::default);
+        }
+        self.mac_gen = self.shared.mac_gen.load(Ordering::Acquire);
+        self.now_ms = self.shared.now_ms();
+    }
+
+    #[inline]
+    fn drop_pkt(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+
+    /// Processes one received frame from port `in_port`. `scratch` must be
+    /// at least `MAX_FRAME + HEADROOM` bytes.
+    #[inline]
+    pub fn process(&mut self, in_port: &PortState, frame: &mut [u8], scratch: &mut [u8]) {
+        self.packets += 1;
+        let mut key = FlowKey::ZERO;
+        let mut pkt = Pkt {
+            len: frame.len(),
+            rx: frame,
+            scratch,
+            in_scratch: false,
+            start: 0,
+        };
+        let mut port_no = in_port.no;
+        if let PortRole::Underlay {
+            local_ip,
+            local_mac,
+            udp_port,
+        } = in_port.role
+        {
+            match self.underlay_rx(in_port, &mut pkt, local_ip, local_mac, udp_port, &mut key) {
+                Some(vx) => port_no = vx,
+                None => return,
+            }
+        }
+        let layout = match extract(pkt.bytes(), port_no, &mut key) {
+            Ok(l) => l,
+            Err(r) => return self.drop_pkt(r),
+        };
+        self.run(key, layout, &mut pkt, 0);
+    }
+
+    /// Tunnel endpoint on an underlay port: decapsulates VXLAN for us (and
+    /// returns the VXLAN port it arrived on, with tunnel fields in `key`),
+    /// answers ARP for the local address, learns neighbours, drops the rest.
+    fn underlay_rx(
+        &mut self,
+        under: &PortState,
+        pkt: &mut Pkt<'_>,
+        local_ip: Ipv4Addr,
+        local_mac: [u8; 6],
+        udp_port: u16,
+    key: &mut FlowKey,
+    ) -> Option<PortNo> {
+        if let Some(d) = crate::vxlan::decap(pkt.bytes(), local_ip, udp_port) {
+            tunnel::learn_neighbour(&self.shared, d.outer_src, d.outer_src_mac);
+            // Which VXLAN port: one on this underlay whose remote matches
+            // (or that takes any remote).
+            let vx = self.ports.ports.iter().find(|p| match &p.role {
+                PortRole::Vxlan { cfg, underlay } => {
+                    *underlay == under.no
+                        && cfg.remote_ip.is_none_or(|r| r == d.outer_src)
+                        && cfg.key.is_none_or(|k| k == d.vni as u64)
+                }
+                _ => false,
+            });
+            let Some(vx) = vx else {
+                self.drop_pkt(DropReason::TunnelNoPort);
+                return None;
+            };
+            key.set(Field::TunId, d.vni as u64);
+            key.set(Field::TunSrc, u32::from(d.outer_src) as u64);
+            key.set(Field::TunDst, u32::from(d.outer_dst) as u64);
+            pkt.start += d.inner_offset;
+            if !pkt.in_scratch {
+                // Receive buffers are sliced from the front instead.
+                let rx = std::mem::take(&mut pkt.rx);
+                pkt.rx = &mut rx[d.inner_offset..];
+                pkt.start = 0;
+            }
+            pkt.len -= d.inner_offset;
+            return Some(vx.no);
+        }
+        let reply = tunnel::handle_arp(&self.shared, pkt.bytes_mut(), local_ip, local_mac);
+        if reply {
+            let f = pkt.bytes().len();
+            self.stage_frame(under.no, |out| {
+                out[..f].copy_from_slice(&pkt.bytes()[..f]);
+                f
+            });
+        } else {
+            self.drop_pkt(DropReason::NotForTunnel);
+        }
+        None
+    }
+
+    fn run(&mut self, mut key: FlowKey, mut layout: Layout, pkt: &mut Pkt<'_>, mut recircs: usize) {
+        'recirc: loop {
+            let hash = key_hash(&key);
+            let bytes = pkt.len as u64;
+            let flow = match self.emc.lookup(&key, hash, self.pipeline.version, self.mac_gen, bytes) {
+                Some(f) => f,
+                None => {
+                    let f = self.upcall(&key);
+                    self.emc.insert(&key, hash, f.clone(), bytes, self.now_ms);
+                    f
+                }
+            };
+            let actions = &flow.x.actions;
+            if actions.is_empty() {
+                let r = match flow.x.drop {
+                    Some(XlateDrop::TableMiss) => DropReason::NoFlow,
+                    Some(XlateDrop::TooDeep) => DropReason::TooDeep,
+                    Some(XlateDrop::VlanNotAllowed) => DropReason::VlanNotAllowed,
+                    None => DropReason::ActionDrop,
+                };
+                return self.drop_pkt(r);
+            }
+            let mut vlan_changed = false;
+            let mut tun = (0u64, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
+            for a in actions.iter() {
+                if vlan_changed {
+                    // Offsets moved: re-read the layout (the key's header
+                    // words are rewritten from the packet, metadata kept).
+                    match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, &mut key) {
+                        Ok(l) => layout = l,
+                        Err(r) => return self.drop_pkt(r),
+                    }
+                    vlan_changed = false;
+                }
+                match a {
+                    DpAction::Output(p) => self.output(*p, pkt, &key, tun),
+                    DpAction::SetField(f, v) => {
+                        packet::set_field(pkt.bytes_mut(), &layout, *f, *v);
+                    }
+                    DpAction::PushVlan(tci) => {
+                        if !pkt.to_scratch() || pkt.start < 4 {
+                            return self.drop_pkt(DropReason::TooBig);
+                        }
+                        pkt.start -= 4;
+                        pkt.len += 4;
+                        packet::push_vlan_front(pkt.bytes_mut(), *tci);
+                        vlan_changed = true;
+                    }
+                    DpAction::PopVlan => {
+                        if layout.vlan {
+                            let b = pkt.bytes_mut();
+                            b.copy_within(0..12, 4);
+                            if pkt.in_scratch {
+                                pkt.start += 4;
+                                pkt.len -= 4;
+                            } else {
+                                let rx = std::mem::take(&mut pkt.rx);
+                                pkt.rx = &mut rx[4..];
+                                pkt.len -= 4;
+                            }
+                            vlan_changed = true;
+                        }
+                    }
+                    DpAction::SetVlan(tci) => packet::set_vlan_tci(pkt.bytes_mut(), *tci),
+                    DpAction::SetTunnel { id, src, dst } => tun = (*id, *src, *dst),
+                    DpAction::DecTtl => {
+                        if !packet::dec_ttl(pkt.bytes_mut(), &layout) {
+                            return self.drop_pkt(DropReason::TtlExpired);
+                        }
+                    }
+                    DpAction::Controller => self.controller += 1,
+                    DpAction::Ct { args, frozen } => {
+                        let state = self.conntrack(args, pkt, &layout, &key);
+                        let Some(t) = args.table else { continue };
+                        recircs += 1;
+                        if recircs > MAX_RECIRC {
+                            return self.drop_pkt(DropReason::TooDeep);
+                        }
+                        key = **frozen;
+                        match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, &mut key) {
+                            Ok(l) => layout = l,
+                            Err(r) => return self.drop_pkt(r),
+                        }
+                        key.set(Field::CtState, state as u64);
+                        key.set(Field::CtZone, args.zone as u64);
+                        key.set(Field::RecircId, t as u64 + 1);
+                        continue 'recirc;
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    /// Runs the connection tracker on the packet, applies NAT, and returns
+    /// the `ct_state` bits.
+    fn conntrack(
+        &mut self,
+        args: &flows::action::CtArgs,
+        pkt: &mut Pkt<'_>,
+        layout: &Layout,
+        key: &FlowKey,
+    ) -> u16 {
+        let dl_type = key.get(Field::DlType) as u16;
+        if dl_type != ethertype::IPV4 {
+            return flows::key::ct_state::INV as u16 | flows::key::ct_state::TRK as u16;
+        }
+        let Some(input) = ct_input(key, layout, pkt.bytes(), args) else {
+            return (flows::key::ct_state::INV | flows::key::ct_state::TRK) as u16;
+        };
+        let out = lock(&self.shared.ct).execute(&input, self.now_ms);
+        if let Some(t) = out.rewrite {
+            let b = pkt.bytes_mut();
+            let orig = input.tuple;
+            if t.src != orig.src {
+                packet::set_field(b, layout, Field::NwSrc, u32::from(t.src) as u64);
+            }
+            if t.dst != orig.dst {
+                packet::set_field(b, layout, Field::NwDst, u32::from(t.dst) as u64);
+            }
+            if orig.proto == ipproto::ICMP {
+                if t.sport != orig.sport {
+                    packet::set_icmp_id(b, layout, t.sport);
+                }
+            } else {
+                if t.sport != orig.sport {
+                    packet::set_field(b, layout, Field::TpSrc, t.sport as u64);
+                }
+                if t.dport != orig.dport {
+                    packet::set_field(b, layout, Field::TpDst, t.dport as u64);
+                }
+            }
+        }
+        out.state
+    }
+
+    fn upcall(&mut self, key: &FlowKey) -> Arc<CachedFlow> {
+        self.upcalls += 1;
+        let mut macs = lock(&self.shared.macs);
+        let mut env = XlateEnv {
+            macs: &mut macs,
+            now_ms: self.now_ms,
+        };
+        let x = translate(&self.pipeline, key, &mut env, None);
+        let gen = macs.generation();
+        drop(macs);
+        if gen != self.mac_gen {
+            self.shared.mac_gen.store(gen, Ordering::Release);
+            self.mac_gen = gen;
+        }
+        Arc::new(CachedFlow {
+            x,
+            version: self.pipeline.version,
+            mac_gen: gen,
+        })
+    }
+
+    /// Stages a frame for port `no`: `fill` writes it into the given
+    /// buffer and returns its length.
+    #[inline]
+    fn stage_frame(&mut self, no: PortNo, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        let Some(i) = self.ports.index(no) else {
+            self.drop_pkt(DropReason::NoSuchPort);
+            return false;
+        };
+        let q = &mut self.stage[i];
+        let start = q.data.len();
+        q.data.resize(start + MAX_FRAME + HEADROOM, 0);
+        let n = fill(&mut q.data[start..]);
+        q.data.truncate(start + n);
+        if n == 0 {
+            return false;
+        }
+        q.frames.push((start as u32, n as u32));
+        if q.frames.len() >= 2 * BATCH {
+            self.flush_one(i);
+        }
+        true
+    }
+
+    fn output(&mut self, no: PortNo, pkt: &Pkt<'_>, key: &FlowKey, tun: (u64, Ipv4Addr, Ipv4Addr)) {
+        let Some(port) = self.ports.get(no).cloned() else {
+            return self.drop_pkt(DropReason::NoSuchPort);
+        };
+        match &port.role {
+            PortRole::Vxlan { cfg, underlay } => {
+                let remote = if tun.2.is_unspecified() {
+                    cfg.remote_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    tun.2
+                };
+                let vni = cfg.key.unwrap_or(tun.0);
+                if remote.is_unspecified() {
+                    return self.drop_pkt(DropReason::TunnelNoRoute);
+                }
+                let Some(mac) = self.shared.neigh.load().get(&remote).copied() else {
+                    tunnel::request_neighbour(self, *underlay, cfg, remote);
+                    return self.drop_pkt(DropReason::TunnelNoRoute);
+                };
+                let ep = crate::vxlan::TunnelEndpoint {
+                    local_ip: cfg.local_ip,
+                    local_mac: cfg.local_mac,
+                    udp_port: cfg.udp_port,
+                };
+                let hash = key_hash(key);
+                let inner = pkt.bytes();
+                let mut err = None;
+                self.stage_frame(*underlay, |out| {
+                    match crate::vxlan::encap(inner, out, &ep, remote, mac, vni as u32, hash) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            err = Some(e);
+                            0
+                        }
+                    }
+                });
+                if let Some(e) = err {
+                    self.drop_pkt(e);
+                }
+            }
+            _ => {
+                let b = pkt.bytes();
+                self.stage_frame(no, |out| {
+                    out[..b.len()].copy_from_slice(b);
+                    b.len()
+                });
+            }
+        }
+    }
+
+    /// Stages a frame built by the caller for port `no` (ARP requests).
+    pub(crate) fn send_built(&mut self, no: PortNo, fill: impl FnOnce(&mut [u8]) -> usize) {
+        self.stage_frame(no, fill);
+    }
+
+    fn flush_one(&mut self, i: usize) {
+        let q = &mut self.stage[i];
+        if q.frames.is_empty() {
+            return;
+        }
+        let port = &self.ports.ports[i];
+        let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        if let Some(tx) = &port.tx {
+            let mut tx = lock(tx);
+            for &(s, n) in &q.frames {
+                if tx.send(&q.data[s as usize..(s + n) as usize]) {
+                    sent += 1;
+                    bytes += n as u64;
+                } else {
+                    failed += 1;
+                }
+            }
+            tx.flush();
+        } else {
+            failed = q.frames.len() as u64;
+        }
+        q.frames.clear();
+        q.data.clear();
+        let c = &port.counters;
+        c.tx_packets.fetch_add(sent, Ordering::Relaxed);
+        c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if failed > 0 {
+            c.tx_dropped.fetch_add(failed, Ordering::Relaxed);
+            self.drops[DropReason::TxFull as usize] += failed;
+        }
+    }
+
+    /// Sends everything staged and publishes counters; call after a batch.
+    pub fn flush(&mut self) {
+        for i in 0..self.stage.len() {
+            self.flush_one(i);
+        }
+        self.emc.flush_stats(self.now_ms);
+        let t = &self.shared.threads[self.id];
+        let add = |a: &std::sync::atomic::AtomicU64, v: &mut u64| {
+            if *v != 0 {
+                a.fetch_add(*v, Ordering::Relaxed);
+                *v = 0;
+            }
+        };
+        add(&t.packets, &mut self.packets);
+        add(&t.upcalls, &mut self.upcalls);
+        add(&t.controller, &mut self.controller);
+        let mut h = std::mem::take(&mut self.emc.hits);
+        add(&t.emc_hits, &mut h);
+        let mut m = std::mem::take(&mut self.emc.misses);
+        add(&t.emc_misses, &mut m);
+        for (i, d) in self.drops.iter_mut().enumerate() {
+            add(&t.drops[i], d);
+        }
+    }
+
+    /// The staged frames for port `no` (benchmarks and tests that drive
+    /// an engine by hand); clears them.
+    pub fn take_staged(&mut self, no: PortNo) -> usize {
+        let Some(i) = self.ports.index(no) else { return 0 };
+        let n = self.stage[i].frames.len();
+        self.stage[i].frames.clear();
+        self.stage[i].data.clear();
+        n
+    }
+}
+
+/// Builds the conntrack input from the key and packet.
+fn ct_input(key: &FlowKey, layout: &Layout, frame: &[u8], args: &flows::action::CtArgs) -> Option<CtInput> {
+    let proto = key.get(Field::NwProto) as u8;
+    let src = Ipv4Addr::from(key.get(Field::NwSrc) as u32);
+    let dst = Ipv4Addr::from(key.get(Field::NwDst) as u32);
+    let (mut sport, mut dport) = (key.get(Field::TpSrc) as u16, key.get(Field::TpDst) as u16);
+    let mut icmp = (0u8, 0u8);
+    let mut related_inner = None;
+    if proto == ipproto::ICMP {
+        icmp = (sport as u8, dport as u8);
+        let l4 = layout.l4_offset? as usize;
+        match icmp.0 {
+            0 | 8 => {
+                let id = frame.get(l4 + 4..l4 + 6)?;
+                sport = u16::from_be_bytes([id[0], id[1]]);
+                dport = 0;
+            }
+            3 | 11 | 12 => {
+                related_inner = packet::icmp_inner_tuple(frame, l4).map(|(s, d, p, sp, dp)| Tuple {
+                    src: s,
+                    dst: d,
+                    proto: p,
+                    sport: sp,
+                    dport: dp,
+                });
+                sport = 0;
+                dport = 0;
+            }
+            _ => {
+                sport = 0;
+                dport = 0;
+            }
+        }
+    }
+    let _ = NatKind::Src;
+    Some(CtInput {
+        tuple: Tuple {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+        },
+        zone: args.zone,
+        tcp_flags: layout.tcp_flags,
+        icmp_type: icmp.0,
+        icmp_code: icmp.1,
+        commit: args.commit,
+        nat: args.nat,
+        related_inner,
+    })
+}
+
+/// The poll thread proper.
+pub struct Worker {
+    rx: Vec<RxPort>,
+    eng: Engine,
+    scratch: Vec<u8>,
+    cmds: Receiver<WorkerCmd>,
+}
+
+impl Worker {
+    /// A worker for thread `id`.
+    pub fn new(id: usize, shared: Arc<Shared>, cmds: Receiver<WorkerCmd>) -> Self {
+        Worker {
+            rx: Vec::new(),
+            eng: Engine::new(id, shared),
+            scratch: vec![0; MAX_FRAME + 2 * HEADROOM],
+            cmds,
+        }
+    }
+
+    fn handle_cmds(&mut self, poll: &mio::Poll) -> bool {
+        while let Ok(c) = self.cmds.try_recv() {
+            match c {
+                WorkerCmd::AddRx { no, rx, state } => {
+                    if let Some(fd) = rx.wait_fd() {
+                        let _ = poll.registry().register(
+                            &mut mio::unix::SourceFd(&fd),
+                            mio::Token(no as usize),
+                            mio::Interest::READABLE,
+                        );
+                    }
+                    self.rx.push(RxPort { no, rx, state });
+                }
+                WorkerCmd::DelRx(no) => {
+                    if let Some(i) = self.rx.iter().position(|r| r.no == no) {
+                        let r = self.rx.remove(i);
+                        if let Some(fd) = r.rx.wait_fd() {
+                            let _ = poll.registry().deregister(&mut mio::unix::SourceFd(&fd));
+                        }
+                    }
+                }
+                WorkerCmd::Stop => return false,
+            }
+        }
+        true
+    }
+
+    /// One round over all ports; returns frames processed.
+    pub fn poll_once(&mut self) -> usize {
+        let mut total = 0;
+        for r in &mut self.rx {
+            self.eng.refresh();
+            let n = r.rx.recv(BATCH);
+            if n == 0 {
+                continue;
+            }
+            let mut bytes = 0u64;
+            for i in 0..n {
+                let f = r.rx.frame(i);
+                bytes += f.len() as u64;
+                self.eng.process(&r.state, f, &mut self.scratch);
+            }
+            r.rx.release();
+            r.state.counters.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+            r.state.counters.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.eng.flush();
+            total += n;
+        }
+        total
+    }
+
+    /// Runs until told to stop.
+    pub fn run(mut self, mut poll: mio::Poll) {
+        let mut events = mio::Events::with_capacity(64);
+        let mut idle = 0u32;
+        loop {
+            if !self.handle_cmds(&poll) || self.eng.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.poll_once() > 0 {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle < IDLE_SPINS {
+                std::hint::spin_loop();
+                continue;
+            }
+            let all_waitable = self.rx.iter().all(|r| r.rx.wait_fd().is_some());
+            let timeout = if all_waitable { MAX_SLEEP } else { POLL_SLEEP };
+            self.eng.shared.threads[self.eng.id]
+                .sleeps
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = poll.poll(&mut events, Some(timeout));
+            idle = IDLE_SPINS / 2;
+        }
+        // Drop receive halves before the transmit halves go away.
+        self.rx.clear();
+    }
+}
+
+/// Pins the calling thread to CPU `core` (best effort).
+pub fn pin_to_core(core: usize) {
+    crate::xsk::pin_current_thread(core);
+}
+
+#[allow(dead_code)]
+fn _assert_fd(_: RawFd) {}

@@ -1,0 +1,199 @@
+//! Text of `ferrovs-ctl trace`, laid out like `ovs-appctl ofproto/trace`:
+//! the packet, each table visited (indented by resubmit depth) with the
+//! flow that matched and its actions, the final flow and the datapath
+//! actions.
+
+use std::fmt::Write;
+
+use crate::field::Field;
+use crate::key::{ct_state, FlowKey};
+use crate::field::{ethertype, ipproto};
+use crate::flow_match::Match;
+use crate::syntax::{format_actions, format_match};
+use crate::xlate::{DpAction, TraceEvent, XlateDrop, Xlation};
+
+/// Formats a datapath action list the way OVS prints `Datapath actions:`.
+pub fn format_dp_actions(actions: &[DpAction]) -> String {
+    if actions.is_empty() {
+        return "drop".to_string();
+    }
+    let parts: Vec<String> = actions.iter().map(format_dp_action).collect();
+    parts.join(",")
+}
+
+fn format_dp_action(a: &DpAction) -> String {
+    match a {
+        DpAction::Output(p) => p.to_string(),
+        DpAction::SetField(f, v) => {
+            let mut k = FlowKey::ZERO;
+            let mut m = crate::flow_match::Match::ANY;
+            k.set(*f, *v);
+            m.set(*f, *v);
+            let shown = format_match(&m, crate::pipeline::DEFAULT_PRIORITY);
+            let value = shown.split_once('=').map(|x| x.1).unwrap_or(&shown);
+            format!("set_field:{value}->{}", f.name())
+        }
+        DpAction::PushVlan(tci) => format!("push_vlan(vid={},pcp={})", tci & 0xfff, tci >> 13),
+        DpAction::PopVlan => "pop_vlan".into(),
+        DpAction::SetVlan(tci) => format!("set_vlan(vid={},pcp={})", tci & 0xfff, tci >> 13),
+        DpAction::SetTunnel { id, src, dst } => {
+            format!("set(tunnel(tun_id={id:#x},src={src},dst={dst}))")
+        }
+        DpAction::DecTtl => "dec_ttl".into(),
+        DpAction::Controller => "userspace(controller)".into(),
+        DpAction::Ct { args, .. } => {
+            let mut s = String::from("ct(");
+            let mut parts = Vec::new();
+            if args.commit {
+                parts.push("commit".to_string());
+            }
+            if args.zone != 0 {
+                parts.push(format!("zone={}", args.zone));
+            }
+            let text = format_actions(&[crate::action::Action::Ct(*args)]);
+            if let Some(nat) = text.find("nat") {
+                let t = &text[nat..text.len() - 1];
+                parts.push(t.to_string());
+            }
+            s.push_str(&parts.join(","));
+            s.push(')');
+            if let Some(t) = args.table {
+                let _ = write!(s, ",recirc({:#x})", t as u32 + 1);
+            }
+            s
+        }
+    }
+}
+
+/// A packet's key written as an exact match (the `Flow:` line).
+pub fn format_packet(key: &FlowKey) -> String {
+    let mut m = Match::ANY;
+    let mut pin = |f: Field| m.set(f, key.get(f));
+    for f in [
+        Field::RecircId,
+        Field::CtState,
+        Field::CtZone,
+        Field::TunId,
+        Field::TunSrc,
+        Field::TunDst,
+        Field::Metadata,
+    ]
+    .into_iter()
+    .chain((0..8).map(Field::Reg))
+    {
+        if key.get(f) != 0 {
+            pin(f);
+        }
+    }
+    for f in [Field::InPort, Field::VlanTci, Field::DlSrc, Field::DlDst, Field::DlType] {
+        pin(f);
+    }
+    let dl_type = key.get(Field::DlType) as u16;
+    if dl_type == ethertype::IPV4 {
+        for f in [Field::NwSrc, Field::NwDst, Field::NwProto, Field::NwTos] {
+            pin(f);
+        }
+        let proto = key.get(Field::NwProto) as u8;
+        if [ipproto::TCP, ipproto::UDP, ipproto::SCTP, ipproto::ICMP].contains(&proto) {
+            pin(Field::TpSrc);
+            pin(Field::TpDst);
+        }
+    } else if dl_type == ethertype::ARP {
+        for f in [Field::ArpOp, Field::ArpSpa, Field::ArpTpa] {
+            pin(f);
+        }
+    }
+    format_match(&m, crate::pipeline::DEFAULT_PRIORITY)
+}
+
+fn ct_text(v: u64) -> String {
+    let mut s = String::new();
+    for (n, b) in ct_state::NAMES {
+        if v & b != 0 {
+            if !s.is_empty() {
+                s.push('|');
+            }
+            s.push_str(n);
+        }
+    }
+    s
+}
+
+/// The whole trace text.
+pub fn format_trace(bridge: &str, key: &FlowKey, x: &Xlation, t: &crate::xlate::Trace) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Flow: {}", format_packet(key));
+    let _ = writeln!(out);
+    let title = format!("bridge(\"{bridge}\")");
+    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out, "{}", "-".repeat(title.len()));
+    for ev in &t.events {
+        match ev {
+            TraceEvent::Table { depth, table, flow } => {
+                let ind = "    ".repeat(*depth);
+                match flow {
+                    Some(e) => {
+                        let m = format_match(&e.spec.m, e.spec.priority);
+                        // OVS prints the match without the priority, then
+                        // ", priority N, cookie 0xC".
+                        let m = strip_priority(&m);
+                        let m = if m.is_empty() { String::new() } else { format!("{m}, ") };
+                        let _ = write!(out, "{ind}{table:>2}. {m}priority {}", e.spec.priority);
+                        if e.spec.cookie != 0 {
+                            let _ = write!(out, ", cookie {:#x}", e.spec.cookie);
+                        }
+                        let _ = writeln!(out);
+                        if e.spec.actions.is_empty() {
+                            let _ = writeln!(out, "{ind}    drop");
+                        }
+                        for a in &e.spec.actions {
+                            let _ = writeln!(out, "{ind}    {}", format_actions(std::slice::from_ref(a)));
+                        }
+                    }
+                    None => {
+                        let _ = writeln!(out, "{ind}{table:>2}. No match.");
+                        let _ = writeln!(out, "{ind}    drop");
+                    }
+                }
+            }
+            TraceEvent::Note { depth, text } => {
+                let ind = "    ".repeat(*depth + 1);
+                let _ = writeln!(out, "{ind} -> {text}");
+            }
+        }
+    }
+    let _ = writeln!(out);
+    if t.final_key == *key {
+        let _ = writeln!(out, "Final flow: unchanged");
+    } else {
+        let _ = writeln!(out, "Final flow: {}", format_packet(&t.final_key));
+    }
+    let ct = key.get(Field::CtState);
+    if ct != 0 {
+        let _ = writeln!(out, "Connection state: {}", ct_text(ct));
+    }
+    let _ = writeln!(out, "Datapath actions: {}", format_dp_actions(&x.actions));
+    if x.actions.is_empty() {
+        let why = match x.drop {
+            Some(XlateDrop::TableMiss) => "no flow matched (table miss)",
+            Some(XlateDrop::TooDeep) => "resubmit depth exceeded",
+            Some(XlateDrop::VlanNotAllowed) => "VLAN not allowed on the input port",
+            None => "the actions drop it",
+        };
+        let _ = writeln!(out, "Drop reason: {why}");
+    }
+    if x.actions.iter().any(|a| matches!(a, DpAction::Ct { args, .. } if args.table.is_some())) {
+        let _ = writeln!(
+            out,
+            "\nThe packet recirculates after conntrack; trace it again with ct_state=... and recirc_id=N to follow it."
+        );
+    }
+    out
+}
+
+fn strip_priority(m: &str) -> String {
+    m.split(',')
+        .filter(|p| !p.starts_with("priority="))
+        .collect::<Vec<_>>()
+        .join(",")
+}

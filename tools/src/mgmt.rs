@@ -1,0 +1,432 @@
+//! The management commands of `ferrovsd`: what `ferrovs-ctl` asks for over
+//! the Unix socket, executed against the running [`Switch`].
+//!
+//! Wire protocol: one JSON object per line each way. Request
+//! `{"args": ["dump-flows", "--no-stats"], "input": "..."}` (`input`
+//! carries file contents for `add-flows`/`replace-flows`); response
+//! `{"ok": true, "output": "..."}` or `{"ok": false, "error": "..."}`.
+//! All parsing happens here, so every client gets the same error text.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+
+use datapath::port::Port;
+use datapath::switch::{PortRole, Switch, SwitchError, VxlanConfig};
+use flows::action::PortNo;
+use flows::pipeline::{FlowFilter, FlowMod, Pipeline, VlanMode};
+use flows::syntax;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{port_from_args, PortConfig, PortKind};
+
+/// A request from `ferrovs-ctl`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// Command and arguments.
+    pub args: Vec<String>,
+    /// File contents, for commands that take a file.
+    #[serde(default)]
+    pub input: Option<String>,
+}
+
+/// The answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    /// Success.
+    pub ok: bool,
+    /// Output text on success.
+    #[serde(default)]
+    pub output: String,
+    /// Error text on failure.
+    #[serde(default)]
+    pub error: String,
+}
+
+/// Opens the datapath side of a configured port.
+pub type PortOpener = dyn Fn(&PortConfig) -> Result<Box<dyn Port>, String> + Send;
+
+/// Opens an underlay interface for a VXLAN port: the port and its MAC.
+pub type UnderlayOpener = dyn Fn(&str) -> Result<(Box<dyn Port>, [u8; 6]), String> + Send;
+
+/// The daemon's state behind the socket.
+pub struct Daemon {
+    /// The switch.
+    pub switch: Switch,
+    /// Bridge name.
+    pub bridge: String,
+    open_port: Box<PortOpener>,
+    open_underlay: Box<UnderlayOpener>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("bridge", &self.bridge).finish()
+    }
+}
+
+/// Usage text for `help`.
+pub const COMMANDS: &str = "\
+show                          bridge and ports
+add-port NAME [ofport=N] [type=afxdp|vxlan|memory] [tag=N|trunks=A,B] [mode=auto|native|skb]
+         [underlay=IF local_ip=IP remote_ip=IP|flow key=N|flow dst_port=N]
+del-port NAME
+add-flow FLOW                 add or replace one flow
+add-flows FILE                one flow a line, '#' comments
+del-flows [--strict] [MATCH]  (cookie=V/M, table=N, out_port=N)
+mod-flows [--strict] FLOW     replace actions of matching flows
+replace-flows FILE            make the table equal to FILE (only the difference is applied)
+dump-flows [--no-stats] [MATCH]
+dump-ports [PORT]
+dump-tables
+add-group GROUP | del-groups [group_id=N] | dump-groups
+trace PACKET                  e.g. in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=80
+dump-conntrack
+fdb-show
+stats                         datapath counters (cache, upcalls, drops by reason)";
+
+impl Daemon {
+    /// Wraps a started switch.
+    pub fn new(
+        switch: Switch,
+        bridge: &str,
+        open_port: Box<PortOpener>,
+        open_underlay: Box<UnderlayOpener>,
+    ) -> Self {
+        Daemon {
+            switch,
+            bridge: bridge.to_string(),
+            open_port,
+            open_underlay,
+        }
+    }
+
+    /// Executes one request.
+    pub fn handle(&mut self, req: &Request) -> Response {
+        match self.dispatch(req) {
+            Ok(output) => Response {
+                ok: true,
+                output,
+                error: String::new(),
+            },
+            Err(error) => Response {
+                ok: false,
+                output: String::new(),
+                error,
+            },
+        }
+    }
+
+    fn dispatch(&mut self, req: &Request) -> Result<String, String> {
+        let Some((cmd, rest)) = req.args.split_first() else {
+            return Err("no command given".into());
+        };
+        let (flags, words): (Vec<&String>, Vec<&String>) =
+            rest.iter().partition(|a| a.starts_with("--"));
+        let has = |f: &str| flags.iter().any(|x| x.as_str() == f);
+        let arg = words.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+        let input = || {
+            req.input
+                .clone()
+                .ok_or_else(|| format!("{cmd}: needs a file (ferrovs-ctl {cmd} FILE)"))
+        };
+        match cmd.as_str() {
+            "show" => Ok(self.show()),
+            "add-port" => {
+                let Some((name, kv)) = words.split_first() else {
+                    return Err("add-port: needs a port name".into());
+                };
+                let kv: Vec<String> = kv.iter().map(|s| s.to_string()).collect();
+                let pc = port_from_args(name, &kv)?;
+                self.add_port(&pc).map(|no| format!("added port {name} as ofport {no}\n"))
+            }
+            "del-port" => {
+                let name = words.first().ok_or("del-port: needs a port name")?;
+                self.switch.del_port(name).map_err(|e| e.to_string())?;
+                Ok(String::new())
+            }
+            "add-flow" => {
+                let spec = syntax::parse_flow(&arg).map_err(|e| format!("add-flow: {e}"))?;
+                self.apply(&[FlowMod::Add(spec)])
+            }
+            "add-flows" => {
+                let specs = syntax::parse_flows_file(&input()?).map_err(|e| format!("add-flows: {e}"))?;
+                let mods: Vec<FlowMod> = specs.into_iter().map(FlowMod::Add).collect();
+                self.apply(&mods)
+            }
+            "del-flows" => {
+                let f = syntax::parse_filter(&arg, has("--strict")).map_err(|e| format!("del-flows: {e}"))?;
+                self.apply(&[FlowMod::Delete(f)])
+            }
+            "mod-flows" => {
+                let (mut filter, actions) =
+                    syntax::parse_mod_flow(&arg).map_err(|e| format!("mod-flows: {e}"))?;
+                filter.strict = has("--strict");
+                self.apply(&[FlowMod::Modify { filter, actions }])
+            }
+            "replace-flows" => {
+                let specs =
+                    syntax::parse_flows_file(&input()?).map_err(|e| format!("replace-flows: {e}"))?;
+                let cur = self.switch.pipeline();
+                let mut target = Pipeline::new();
+                let groups: Vec<FlowMod> =
+                    cur.groups().map(|g| FlowMod::AddGroup((**g).clone())).collect();
+                let mut mods = groups;
+                mods.extend(specs.into_iter().map(FlowMod::Add));
+                target.apply(&mods, 0).map_err(|e| format!("replace-flows: {e}"))?;
+                let sum = self.switch.replace(target);
+                Ok(format!("replace-flows: {} added, {} deleted\n", sum.added, sum.deleted))
+            }
+            "dump-flows" => {
+                let f = syntax::parse_filter(&arg, false).map_err(|e| format!("dump-flows: {e}"))?;
+                Ok(self.dump_flows(&f, !has("--no-stats")))
+            }
+            "dump-ports" => self.dump_ports(words.first().map(|s| s.as_str())),
+            "dump-tables" => Ok(self.dump_tables()),
+            "add-group" | "mod-group" => {
+                let g = syntax::parse_group(&arg).map_err(|e| format!("{cmd}: {e}"))?;
+                self.apply(&[FlowMod::AddGroup(g)])
+            }
+            "del-groups" => {
+                let id = match arg.trim() {
+                    "" => None,
+                    s => Some(
+                        s.strip_prefix("group_id=")
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .ok_or_else(|| format!("del-groups: '{s}' is not group_id=N"))?,
+                    ),
+                };
+                self.apply(&[FlowMod::DeleteGroup(id)])
+            }
+            "dump-groups" => {
+                let p = self.switch.pipeline();
+                let mut out = String::from("OFPST_GROUP_DESC reply (OF1.3):\n");
+                for g in p.groups() {
+                    out.push(' ');
+                    out.push_str(&syntax::format_group(g));
+                    out.push('\n');
+                }
+                Ok(out)
+            }
+            "trace" => {
+                let key = syntax::parse_packet(&arg).map_err(|e| format!("trace: {e}"))?;
+                let (x, t) = self.switch.trace(&key);
+                Ok(flows::trace::format_trace(&self.bridge, &key, &x, &t))
+            }
+            "dump-conntrack" => {
+                let ct = datapath::switch::lock(&self.switch.shared().ct);
+                let mut out = String::new();
+                for c in ct.dump() {
+                    out.push_str(&c.to_string());
+                    out.push('\n');
+                }
+                Ok(out)
+            }
+            "fdb-show" => {
+                let now = self.switch.shared().now_ms();
+                let macs = datapath::switch::lock(&self.switch.shared().macs);
+                let mut out = String::from(" port  VLAN  MAC                Age\n");
+                for e in macs.entries(now) {
+                    let m = flows::key::mac_from_u64(e.mac);
+                    out.push_str(&format!(
+                        "{:>5}  {:>4}  {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}  {:>3}\n",
+                        e.port, e.vlan, m[0], m[1], m[2], m[3], m[4], m[5], e.age_s
+                    ));
+                }
+                Ok(out)
+            }
+            "stats" => Ok(self.stats_text()),
+            "help" => Ok(format!("{COMMANDS}\n")),
+            other => Err(format!("unknown command '{other}' (try 'ferrovs-ctl help')")),
+        }
+    }
+
+    fn apply(&self, mods: &[FlowMod]) -> Result<String, String> {
+        self.switch.apply(mods).map_err(|e| e.to_string())?;
+        Ok(String::new())
+    }
+
+    /// Adds a configured port; returns its OpenFlow number.
+    pub fn add_port(&mut self, pc: &PortConfig) -> Result<PortNo, String> {
+        let pt = self.switch.ports();
+        if pt.ports.iter().any(|p| p.name == pc.name) {
+            return Err(SwitchError::PortNameInUse(pc.name.clone()).to_string());
+        }
+        let no = match pc.ofport {
+            Some(n) => n,
+            None => (1..0xff00u16)
+                .find(|n| pt.get(*n).is_none())
+                .ok_or("no free port number")?,
+        };
+        match &pc.kind {
+            PortKind::Vxlan {
+                underlay,
+                local_ip,
+                remote_ip,
+                key,
+                dst_port,
+            } => {
+                let existing = pt.ports.iter().find(|p| {
+                    p.name == *underlay && matches!(p.role, PortRole::Underlay { .. })
+                });
+                let (port, mac) = match existing {
+                    Some(p) => match p.role {
+                        PortRole::Underlay { local_mac, .. } => (None, local_mac),
+                        _ => (None, [0; 6]),
+                    },
+                    None => {
+                        let (p, m) = (self.open_underlay)(underlay)?;
+                        (Some(p), m)
+                    }
+                };
+                let cfg = VxlanConfig {
+                    underlay: underlay.clone(),
+                    local_ip: *local_ip,
+                    local_mac: mac,
+                    remote_ip: *remote_ip,
+                    key: *key,
+                    udp_port: *dst_port,
+                };
+                self.switch
+                    .add_vxlan_port(no, &pc.name, cfg, port, pc.vlan.clone())
+                    .map_err(|e| e.to_string())?;
+            }
+            _ => {
+                let port = (self.open_port)(pc)?;
+                self.switch
+                    .add_port(no, port, pc.vlan.clone())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(no)
+    }
+
+    fn show(&self) -> String {
+        let pt = self.switch.ports();
+        let p = self.switch.pipeline();
+        let mut out = format!(
+            "bridge {}: {} flows, {} groups, pipeline version {}\n",
+            self.bridge,
+            p.n_flows(),
+            p.groups().count(),
+            p.version
+        );
+        for st in &pt.ports {
+            let vlan = p.port(st.no).map(|i| i.vlan.clone());
+            let vlan = match vlan {
+                Some(VlanMode::Access(t)) => format!(" tag={t}"),
+                Some(VlanMode::Trunks(l)) => format!(
+                    " trunks={}",
+                    l.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+                ),
+                _ => String::new(),
+            };
+            let extra = match &st.role {
+                PortRole::Vxlan { cfg, .. } => format!(
+                    " underlay={} local_ip={} remote_ip={} key={} dst_port={}",
+                    cfg.underlay,
+                    cfg.local_ip,
+                    cfg.remote_ip.map(|i| i.to_string()).unwrap_or("flow".into()),
+                    cfg.key.map(|k| k.to_string()).unwrap_or("flow".into()),
+                    cfg.udp_port
+                ),
+                PortRole::Underlay { local_ip, .. } => format!(" (tunnel underlay, local_ip={local_ip})"),
+                PortRole::Plain => String::new(),
+            };
+            if st.no >= datapath::switch::UNDERLAY_BASE {
+                out.push_str(&format!(" {}: type={}{}\n", st.name, st.kind, extra));
+            } else {
+                out.push_str(&format!(
+                    " {}({}): type={}{}{}\n",
+                    st.no, st.name, st.kind, vlan, extra
+                ));
+            }
+        }
+        out
+    }
+
+    fn dump_flows(&self, f: &FlowFilter, stats: bool) -> String {
+        let p = self.switch.pipeline();
+        let now = self.switch.shared().now_ms();
+        let mut out = String::new();
+        for e in p.flows(f) {
+            out.push_str(&syntax::format_flow(e, now, stats));
+            out.push('\n');
+        }
+        out
+    }
+
+    fn dump_ports(&self, which: Option<&str>) -> Result<String, String> {
+        let pt = self.switch.ports();
+        let sel: Vec<_> = match which {
+            None => pt.ports.iter().filter(|p| p.no < datapath::switch::UNDERLAY_BASE).collect(),
+            Some(w) => {
+                let found: Vec<_> = pt
+                    .ports
+                    .iter()
+                    .filter(|p| p.name == w || w.parse::<PortNo>().ok() == Some(p.no))
+                    .collect();
+                if found.is_empty() {
+                    return Err(format!("dump-ports: no port named '{w}'"));
+                }
+                found
+            }
+        };
+        let mut out = format!("OFPST_PORT reply (OF1.3): {} ports\n", sel.len());
+        for p in sel {
+            let c = p.counters.snapshot();
+            out.push_str(&format!(
+                "  port {:>2}: rx pkts={}, bytes={}, drop={}, errs=0, frame=0, over=0, crc=0\n           tx pkts={}, bytes={}, drop={}, errs=0, coll=0\n",
+                p.no, c.rx_packets, c.rx_bytes, c.rx_dropped, c.tx_packets, c.tx_bytes, c.tx_dropped
+            ));
+        }
+        Ok(out)
+    }
+
+    fn dump_tables(&self) -> String {
+        let p = self.switch.pipeline();
+        let mut out = String::from("OFPST_TABLE reply (OF1.3):\n");
+        for (id, t) in p.tables() {
+            let lookups = t.stats.lookups.load(Ordering::Relaxed);
+            if t.cls.is_empty() && lookups == 0 {
+                continue;
+            }
+            out.push_str(&format!(
+                "  table {id}:\n    active={}, lookup={}, matched={}\n",
+                t.cls.len(),
+                lookups,
+                t.stats.matched.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+
+    fn stats_text(&self) -> String {
+        let s = self.switch.stats();
+        let mut out = format!(
+            "packets: {}\nflow cache: hits={} misses={}\nupcalls: {}\ncontroller punts: {}\nidle sleeps: {}\nconntrack entries: {}\ndrops:\n",
+            s.packets, s.emc_hits, s.emc_misses, s.upcalls, s.controller, s.sleeps, s.conntrack
+        );
+        for (name, n) in s.drops {
+            out.push_str(&format!("  {name}: {n}\n"));
+        }
+        out
+    }
+}
+
+/// Reads the MAC address of a local interface.
+pub fn interface_mac(ifname: &str) -> Result<[u8; 6], String> {
+    let path = format!("/sys/class/net/{ifname}/address");
+    let text = std::fs::read_to_string(&path).map_err(|_| format!("no such interface '{ifname}'"))?;
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{path}: '{}' is not a MAC address", text.trim()));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| format!("{path}: bad MAC"))?;
+    }
+    Ok(mac)
+}
+
+#[allow(dead_code)]
+fn _unused(_: Ipv4Addr) {}
