@@ -397,6 +397,18 @@ pub fn detach_xdp(ifname: &str) -> Result<(), XskError> {
     Ok(())
 }
 
+/// Whether this kernel supports AF_XDP sockets (and we may create them).
+pub fn af_xdp_available() -> bool {
+    // SAFETY: plain socket(2) call; the fd is closed right away if valid.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned here.
+    unsafe { libc::close(fd) };
+    true
+}
+
 /// Raises RLIMIT_MEMLOCK so older kernels can pin the UMEM. Failure is not
 /// fatal: kernels since 5.11 account the memory to the cgroup instead.
 fn raise_memlock() {
@@ -492,6 +504,7 @@ impl XskPort {
             queued_bytes: 0,
             outstanding: 0,
             dropped: 0,
+            kick_pending: false,
         };
         XskPort { name, rx, tx }
     }
@@ -811,6 +824,8 @@ pub struct XskTx {
     outstanding: u32,
     /// Drops not yet published to the counters.
     dropped: u64,
+    /// Submitted frames the kernel may not have been told about yet.
+    kick_pending: bool,
 }
 
 impl fmt::Debug for XskTx {
@@ -853,8 +868,9 @@ impl XskTx {
     }
 
     /// Tells the kernel to transmit. In copy mode one call sends at most a
-    /// small batch and returns EAGAIN if more is left, so repeat a bit.
-    fn kick(&mut self) {
+    /// small batch and fails with EAGAIN if more is left, so repeat a bit.
+    /// Returns whether the kernel has taken everything it can for now.
+    fn kick(&mut self) -> bool {
         for _ in 0..MAX_KICKS {
             // SAFETY: zero-length non-blocking send on our own socket; null
             // buffer and address are allowed with length 0.
@@ -869,17 +885,19 @@ impl XskTx {
                 )
             };
             if r >= 0 {
-                return;
+                return true;
             }
             match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => {
-                    // Frames left in the TX ring: reap so the kernel has
-                    // completion-ring room, then kick again.
-                    self.reap();
-                }
-                _ => return,
+                // Frames left in the TX ring: reap so the kernel has
+                // completion-ring room, then kick again.
+                Some(libc::EAGAIN) | Some(libc::EINTR) => self.reap(),
+                // Temporarily out of buffers: try again at the next flush.
+                Some(libc::ENOBUFS) | Some(libc::EBUSY) => return false,
+                // Link down or similar: nothing a retry would change now.
+                _ => return true,
             }
         }
+        false
     }
 }
 
@@ -937,16 +955,17 @@ impl PortTx for XskTx {
             c.tx_bytes.fetch_add(self.queued_bytes, Ordering::Relaxed);
             self.outstanding += self.queued;
             self.queued = 0;
+            self.kick_pending = true;
             self.queued_bytes = 0;
         }
         if self.dropped > 0 {
             c.tx_dropped.fetch_add(self.dropped, Ordering::Relaxed);
             self.dropped = 0;
         }
-        // SAFETY: reads the TX ring's flags word, mapped while the socket lives.
-        if self.outstanding > 0 && unsafe { bpf::_xsk_ring_prod__needs_wakeup(self.tx_ring()) } != 0
-        {
-            self.kick();
+        if self.kick_pending {
+            // SAFETY: reads the TX ring's flags word, mapped while the socket lives.
+            let wake = unsafe { bpf::_xsk_ring_prod__needs_wakeup(self.tx_ring()) } != 0;
+            self.kick_pending = wake && !self.kick();
         }
         self.reap();
     }

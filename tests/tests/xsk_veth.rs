@@ -1,0 +1,218 @@
+//! AF_XDP ports on veth pairs between two namespaces, joined by a tiny
+//! test-only forwarding loop:
+//!
+//! ns A (10.99.N.1) -- veth -- [XskPort] loop [XskPort] -- veth -- ns B (10.99.N.2)
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use datapath::port::{Port, PortRx, PortTx};
+use datapath::xsk::{XskError, XskMode, XskOptions, XskPort, XskStats};
+use tests::{
+    add_addr, iperf3_tcp, ping, ping_until, require_root, tx_checksum_off, xdp_attached, Netns,
+    VethPair,
+};
+
+/// Moves every frame from `rx` to `tx` in batches of 32; returns how many.
+fn pump(rx: &mut dyn PortRx, tx: &mut dyn PortTx) -> usize {
+    let n = rx.recv(32);
+    for i in 0..n {
+        tx.send(rx.frame(i));
+    }
+    rx.release();
+    tx.flush();
+    n
+}
+
+/// The forwarding thread; stops and drops the ports when the guard drops.
+struct Forwarder {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(p1: XskPort, p2: XskPort) -> Forwarder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let (mut rx1, mut tx1) = Box::new(p1).split();
+        let (mut rx2, mut tx2) = Box::new(p2).split();
+        let handle = thread::spawn(move || {
+            let mut idle = 0u32;
+            while !flag.load(Ordering::Relaxed) {
+                let moved = pump(rx1.as_mut(), tx2.as_mut()) + pump(rx2.as_mut(), tx1.as_mut());
+                if moved == 0 {
+                    idle += 1;
+                    if idle > 1000 {
+                        thread::sleep(Duration::from_micros(50));
+                    } else {
+                        thread::yield_now();
+                    }
+                } else {
+                    idle = 0;
+                }
+            }
+        });
+        Forwarder {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Topology {
+    // Field order = drop order: ports (in the forwarder) before the veths,
+    // veths before the namespaces.
+    fwd: Option<Forwarder>,
+    stats: (XskStats, XskStats),
+    va: VethPair,
+    vb: VethPair,
+    ns_b: Netns,
+    ns_a: Netns,
+    addr_a: String,
+    addr_b: String,
+    mode: XskMode,
+}
+
+fn topology(mode: XskMode) -> Topology {
+    let ns_a = Netns::new("fxna");
+    let ns_b = Netns::new("fxnb");
+    let va = VethPair::new("fxha", "fxpa", Some(&ns_a));
+    let vb = VethPair::new("fxhb", "fxpb", Some(&ns_b));
+    let n = tests::unique_subnet();
+    let addr_a = format!("10.99.{n}.1");
+    let addr_b = format!("10.99.{n}.2");
+    add_addr(Some(&ns_a), &va.peer, &format!("{addr_a}/24"));
+    add_addr(Some(&ns_b), &vb.peer, &format!("{addr_b}/24"));
+    tx_checksum_off(Some(&ns_a), &va.peer);
+    tx_checksum_off(Some(&ns_b), &vb.peer);
+    let opts = XskOptions {
+        mode,
+        ..XskOptions::default()
+    };
+    let p1 = XskPort::open(&va.host, opts).expect("open AF_XDP port on host side of veth A");
+    let p2 = XskPort::open(&vb.host, opts).expect("open AF_XDP port on host side of veth B");
+    let actual = p1.mode();
+    assert_eq!(p2.mode(), actual);
+    assert!(xdp_attached(None, &va.host));
+    assert!(xdp_attached(None, &vb.host));
+    let stats = (p1.stats(), p2.stats());
+    Topology {
+        fwd: Some(Forwarder::start(p1, p2)),
+        stats,
+        va,
+        vb,
+        ns_b,
+        ns_a,
+        addr_a,
+        addr_b,
+        mode: actual,
+    }
+}
+
+impl Topology {
+    /// Stops the forwarder (dropping the ports) and checks no XDP program is left.
+    fn close_and_check(&mut self) {
+        drop(self.fwd.take());
+        assert!(
+            !xdp_attached(None, &self.va.host),
+            "XDP program left on {}",
+            self.va.host
+        );
+        assert!(
+            !xdp_attached(None, &self.vb.host),
+            "XDP program left on {}",
+            self.vb.host
+        );
+    }
+}
+
+fn ping_both_ways(t: &Topology) {
+    assert!(
+        ping_until(&t.ns_a, &t.addr_b, Duration::from_secs(10)),
+        "no ping reply A -> B at all ({:?})",
+        t.stats.0.get()
+    );
+    let t0 = std::time::Instant::now();
+    assert!(ping(&t.ns_a, &t.addr_b, 5), "ping A -> B lost replies");
+    assert!(ping(&t.ns_b, &t.addr_a, 5), "ping B -> A lost replies");
+    println!(
+        "ping both ways ok ({:?} mode, 10 pings in {:?})",
+        t.mode,
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn xsk_veth_native_ping_and_tcp() {
+    if !require_root() {
+        return;
+    }
+    let mut t = topology(XskMode::Auto);
+    assert_eq!(t.mode, XskMode::Native, "veth supports native XDP");
+    ping_both_ways(&t);
+    let gbps = iperf3_tcp(&t.ns_b, &t.addr_b, &t.ns_a, 3).expect("iperf3 A -> B");
+    println!("iperf3 TCP A -> B through AF_XDP (native): {gbps:.2} Gbit/s");
+    println!("port A counters: {:?}", t.stats.0.get());
+    println!("port B counters: {:?}", t.stats.1.get());
+    assert!(gbps > 0.05, "TCP rate too low: {gbps} Gbit/s");
+    let c = t.stats.0.get();
+    assert!(c.rx_packets > 1000 && c.tx_packets > 100, "{c:?}");
+    t.close_and_check();
+}
+
+#[test]
+fn xsk_veth_skb_ping_and_tcp() {
+    if !require_root() {
+        return;
+    }
+    let mut t = topology(XskMode::Skb);
+    assert_eq!(t.mode, XskMode::Skb);
+    ping_both_ways(&t);
+    let gbps = iperf3_tcp(&t.ns_b, &t.addr_b, &t.ns_a, 2).expect("iperf3 A -> B");
+    println!("iperf3 TCP A -> B through AF_XDP (skb mode): {gbps:.2} Gbit/s");
+    assert!(gbps > 0.05, "TCP rate too low: {gbps} Gbit/s");
+    t.close_and_check();
+}
+
+#[test]
+fn missing_interface_gives_clear_error() {
+    let e = XskPort::open("fxnoexist9", XskOptions::default()).expect_err("must fail");
+    assert!(matches!(e, XskError::NoSuchInterface(_)));
+    assert_eq!(e.to_string(), "no such interface 'fxnoexist9'");
+}
+
+#[test]
+fn second_socket_on_same_queue_is_busy() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("fxnc");
+    let v = VethPair::new("fxhc", "fxpc", Some(&ns));
+    let opts = XskOptions {
+        mode: XskMode::Native,
+        ..XskOptions::default()
+    };
+    let p1 = XskPort::open(&v.host, opts).expect("first open");
+    let e = XskPort::open(&v.host, opts).expect_err("second open must fail");
+    let msg = e.to_string();
+    println!("second open: {msg}");
+    assert!(
+        msg.starts_with(&format!("{}: bind AF_XDP socket (native mode): ", v.host)),
+        "{msg}"
+    );
+    // The failed open must not have removed the first port's program.
+    assert!(xdp_attached(None, &v.host));
+    drop(p1);
+    assert!(!xdp_attached(None, &v.host), "XDP program left behind");
+}
