@@ -100,7 +100,7 @@ pub enum XskError {
         reason: String,
     },
     /// A setup step failed in the kernel or in libbpf.
-    #[error("{ifname}: {step}: {source}")]
+    #[error("{ifname}: {step}: {}", os_message(source))]
     Step {
         /// Interface name.
         ifname: String,
@@ -109,6 +109,15 @@ pub enum XskError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+/// The OS error text without io::Error's ` (os error N)` suffix.
+fn os_message(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if e.raw_os_error().is_some() => s[..i].to_string(),
+        _ => s,
+    }
 }
 
 /// Packet counters of one port.
@@ -458,6 +467,12 @@ impl XskPort {
             XskMode::Auto => match open_mode(ifname, idx, &opts, XskMode::Native) {
                 Ok(s) => s,
                 Err(native) => {
+                    let first = match &native {
+                        XskError::Step { step, source, .. } => {
+                            format!("{step}: {}", os_message(source))
+                        }
+                        other => other.to_string(),
+                    };
                     open_mode(ifname, idx, &opts, XskMode::Skb).map_err(|e| match e {
                         XskError::Step {
                             ifname,
@@ -465,7 +480,7 @@ impl XskPort {
                             source,
                         } => XskError::Step {
                             ifname,
-                            step: format!("{step} (after native mode failed: {native})"),
+                            step: format!("{step} [after {first}]"),
                             source,
                         },
                         other => other,
@@ -990,9 +1005,10 @@ mod tests {
             step: format!("bind AF_XDP socket ({})", XskMode::Native),
             source: io::Error::from_raw_os_error(libc::EBUSY),
         };
-        assert!(e
-            .to_string()
-            .starts_with("veth-a: bind AF_XDP socket (native mode): Device or resource busy"));
+        assert_eq!(
+            e.to_string(),
+            "veth-a: bind AF_XDP socket (native mode): Device or resource busy"
+        );
     }
 
     #[test]

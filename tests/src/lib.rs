@@ -274,16 +274,27 @@ pub fn xdp_attached(ns: Option<&Netns>, dev: &str) -> bool {
 
 /// Pings `addr` from inside `ns`; true if all `count` replies arrived.
 pub fn ping(ns: &Netns, addr: &str, count: u32) -> bool {
+    ping_rtt(ns, addr, count).is_some()
+}
+
+/// Pings `addr` from inside `ns`; the average round-trip time in
+/// milliseconds if all `count` replies arrived.
+pub fn ping_rtt(ns: &Netns, addr: &str, count: u32) -> Option<f64> {
     let c = count.to_string();
     let timeout = Duration::from_secs(u64::from(count) + 5);
     let args = in_ns(
         Some(ns),
         &["ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "1", addr],
     );
-    match run_timeout(Command::new(args[0]).args(&args[1..]), timeout) {
-        Ok(out) => out.status.success(),
-        Err(_) => false,
+    let out = run_timeout(Command::new(args[0]).args(&args[1..]), timeout).ok()?;
+    if !out.status.success() {
+        return None;
     }
+    // "rtt min/avg/max/mdev = 0.045/0.062/0.080/0.011 ms"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("min/avg/max"))?;
+    let nums = line.split('=').nth(1)?.trim();
+    nums.split('/').nth(1)?.trim().parse().ok()
 }
 
 /// Pings until one reply arrives or `within` passes (ARP warm-up).
