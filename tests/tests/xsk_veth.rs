@@ -214,3 +214,51 @@ fn second_socket_on_same_queue_is_busy() {
     drop(p1);
     assert!(!xdp_attached(None, &v.host), "XDP program left behind");
 }
+
+#[test]
+fn wait_fd_becomes_readable_when_frames_arrive() {
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("fxnw");
+    let v = VethPair::new("fxhw", "fxpw", Some(&ns));
+    let n = tests::unique_subnet();
+    add_addr(Some(&ns), &v.peer, &format!("10.99.{n}.1/24"));
+    let port = XskPort::open(&v.host, XskOptions::default()).expect("open");
+    let (mut rx, _tx) = Box::new(port).split();
+    let fd = rx.wait_fd().expect("AF_XDP ports have a wait fd");
+    let mut poll = Poll::new().expect("mio poll");
+    poll.registry()
+        .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+        .expect("register xsk fd");
+    assert_eq!(rx.recv(32), 0);
+    // ARP requests for an address nobody has leave ns A through the veth.
+    let target = format!("10.99.{n}.2");
+    let _pinger = ns
+        .spawn(&["ping", "-n", "-c", "5", "-i", "0.2", &target])
+        .expect("start ping");
+    let mut events = Events::with_capacity(4);
+    poll.poll(&mut events, Some(Duration::from_secs(5)))
+        .expect("poll");
+    assert!(!events.is_empty(), "wait fd never became readable");
+    assert!(rx.recv(32) > 0, "readable but nothing received");
+    rx.release();
+    // Among what arrives there is an ARP request: broadcast, ethertype 0x0806
+    // (IPv6 neighbour discovery frames may come first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut seen_arp = false;
+    while !seen_arp && std::time::Instant::now() < deadline {
+        let got = rx.recv(32);
+        for i in 0..got {
+            let f = rx.frame(i);
+            seen_arp |= f.len() >= 42 && f[0..6] == [0xff; 6] && f[12..14] == [0x08, 0x06];
+        }
+        rx.release();
+        if got == 0 {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert!(seen_arp, "no ARP request received");
+}
