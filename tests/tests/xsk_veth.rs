@@ -262,3 +262,24 @@ fn wait_fd_becomes_readable_when_frames_arrive() {
     }
     assert!(seen_arp, "no ARP request received");
 }
+
+#[test]
+fn detach_xdp_removes_program() {
+    assert!(matches!(
+        datapath::xsk::detach_xdp("fxnoexist8"),
+        Err(XskError::NoSuchInterface(_))
+    ));
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("fxnd");
+    let v = VethPair::new("fxhd", "fxpd", Some(&ns));
+    let port = XskPort::open(&v.host, XskOptions::default()).expect("open");
+    assert!(xdp_attached(None, &v.host));
+    datapath::xsk::detach_xdp(&v.host).expect("detach");
+    assert!(!xdp_attached(None, &v.host));
+    drop(port);
+    assert!(!xdp_attached(None, &v.host));
+    // Nothing attached: detaching again is fine.
+    datapath::xsk::detach_xdp(&v.host).expect("detach again");
+}
