@@ -418,6 +418,24 @@ pub fn af_xdp_available() -> bool {
     true
 }
 
+/// Pins the calling thread to CPU `core` (best effort: an invalid core
+/// leaves the thread unpinned).
+pub fn pin_current_thread(core: usize) {
+    if core >= libc::CPU_SETSIZE as usize {
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `core` is below CPU_SETSIZE (checked above), so CPU_SET stays
+    // inside `set`.
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 means
+    // the calling thread.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Raises RLIMIT_MEMLOCK so older kernels can pin the UMEM. Failure is not
 /// fatal: kernels since 5.11 account the memory to the cgroup instead.
 fn raise_memlock() {
