@@ -7,4 +7,5 @@
 //! and UMEM handling with its `unsafe` lives in [`xsk`] alone.
 #![warn(missing_docs)]
 
+pub mod conntrack;
 pub mod port;
