@@ -925,7 +925,14 @@ impl ConnTrack {
 
     /// True if `tuple` is a live key in `zone` (an expired holder is swept).
     fn taken(&mut self, zone: u16, tuple: &Tuple, now_ms: u64) -> bool {
-        self.lookup(&CtKey { zone, tuple: *tuple }, now_ms).is_some()
+        self.lookup(
+            &CtKey {
+                zone,
+                tuple: *tuple,
+            },
+            now_ms,
+        )
+        .is_some()
     }
 
     /// Picks the NATed reply tuple of a new connection, or `None` if the
@@ -1049,5 +1056,823 @@ impl ConnTrack {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::tcp_flags::{ACK, FIN, PSH, RST, SYN};
+    use super::*;
+    use proptest::prelude::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const D1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+    const NATIP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 100);
+    const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
+
+    fn timeouts() -> CtTimeouts {
+        CtTimeouts {
+            tcp_syn_sent: 1_000,
+            tcp_established: 100_000,
+            tcp_fin_wait: 10_000,
+            tcp_closed: 500,
+            udp_first: 2_000,
+            udp_multiple: 7_000,
+            icmp: 3_000,
+            other: 4_000,
+        }
+    }
+
+    fn ct() -> ConnTrack {
+        ConnTrack::new(CtConfig {
+            max_conns: 1000,
+            timeouts: timeouts(),
+        })
+    }
+
+    fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Tuple {
+        Tuple::new(src, dst, ipproto::TCP, sport, dport)
+    }
+
+    fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Tuple {
+        Tuple::new(src, dst, ipproto::UDP, sport, dport)
+    }
+
+    fn seg(t: Tuple, flags: u8, commit: bool) -> CtInput {
+        CtInput {
+            tcp_flags: flags,
+            commit,
+            ..CtInput::new(t, 0)
+        }
+    }
+
+    fn pkt(t: Tuple, commit: bool) -> CtInput {
+        CtInput {
+            commit,
+            ..CtInput::new(t, 0)
+        }
+    }
+
+    fn with_nat(mut i: CtInput, nat: Nat) -> CtInput {
+        i.nat = Some(nat);
+        i
+    }
+
+    fn plain_nat() -> Nat {
+        Nat {
+            kind: None,
+            ip_min: Ipv4Addr::UNSPECIFIED,
+            ip_max: Ipv4Addr::UNSPECIFIED,
+            port_min: 0,
+            port_max: 0,
+        }
+    }
+
+    fn nat(kind: NatKind, ip_min: Ipv4Addr, ip_max: Ipv4Addr, pmin: u16, pmax: u16) -> Nat {
+        Nat {
+            kind: Some(kind),
+            ip_min,
+            ip_max,
+            port_min: pmin,
+            port_max: pmax,
+        }
+    }
+
+    fn tcp_state(ct: &ConnTrack) -> TcpState {
+        ct.dump().next().unwrap().tcp_state.unwrap()
+    }
+
+    /// Runs a full handshake of `t` at `now`, committing.
+    fn handshake(ct: &mut ConnTrack, t: Tuple, now: u64) {
+        assert_eq!(ct.execute(&seg(t, SYN, true), now).state, TRK | NEW);
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), SYN | ACK, false), now).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(ct.execute(&seg(t, ACK, false), now).state, TRK | EST);
+    }
+
+    #[test]
+    fn tuple_reverse() {
+        let t = tcp(A, 1234, B, 80);
+        assert_eq!(t.reverse(), tcp(B, 80, A, 1234));
+        assert_eq!(t.reverse().reverse(), t);
+        let i = Tuple::new(A, B, ipproto::ICMP, 77, 0);
+        assert_eq!(i.reverse(), Tuple::new(B, A, ipproto::ICMP, 77, 0));
+    }
+
+    #[test]
+    fn tcp_handshake_new_then_est() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        assert_eq!(ct.execute(&seg(t, SYN, true), 0).state, TRK | NEW);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(tcp_state(&ct), TcpState::SynSent);
+        // SYN retransmit: still new.
+        assert_eq!(ct.execute(&seg(t, SYN, false), 10).state, TRK | NEW);
+        let out = ct.execute(&seg(t.reverse(), SYN | ACK, false), 20);
+        assert_eq!(out.state, TRK | EST | RPL);
+        assert_eq!(out.rewrite, None);
+        assert_eq!(tcp_state(&ct), TcpState::SynRecv);
+        assert_eq!(ct.execute(&seg(t, ACK, false), 30).state, TRK | EST);
+        assert_eq!(tcp_state(&ct), TcpState::Established);
+        assert_eq!(ct.execute(&seg(t, ACK | PSH, false), 40).state, TRK | EST);
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), ACK, false), 50).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn tcp_non_syn_first_packet_is_invalid() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        for flags in [ACK, ACK | PSH, FIN | ACK, RST, SYN | ACK, 0] {
+            assert_eq!(
+                ct.execute(&seg(t, flags, true), 0).state,
+                TRK | INV,
+                "{flags:#x}"
+            );
+        }
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn tcp_invalid_flag_combinations_on_known_connection() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        handshake(&mut ct, t, 0);
+        for flags in [SYN | FIN, SYN | RST, FIN, PSH, 0, SYN] {
+            assert_eq!(
+                ct.execute(&seg(t, flags, false), 1).state,
+                TRK | INV,
+                "{flags:#x}"
+            );
+        }
+        assert_eq!(tcp_state(&ct), TcpState::Established);
+        // Invalid packets do not refresh the timeout.
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 100_000);
+    }
+
+    #[test]
+    fn tcp_ack_before_synack_is_invalid() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        ct.execute(&seg(t, SYN, true), 0);
+        assert_eq!(ct.execute(&seg(t, ACK, false), 1).state, TRK | INV);
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), ACK, false), 1).state,
+            TRK | INV
+        );
+        assert_eq!(tcp_state(&ct), TcpState::SynSent);
+    }
+
+    #[test]
+    fn tcp_rst_closes_and_expires() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        handshake(&mut ct, t, 0);
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), RST, false), 100).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(tcp_state(&ct), TcpState::Closed);
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 600);
+        assert_eq!(ct.expire(599), 0);
+        assert_eq!(ct.expire(600), 1);
+        assert!(ct.is_empty());
+        // Gone: a new SYN is new again.
+        assert_eq!(ct.execute(&seg(t, SYN, false), 700).state, TRK | NEW);
+    }
+
+    #[test]
+    fn tcp_rst_answering_syn() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 81);
+        ct.execute(&seg(t, SYN, true), 0);
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), RST | ACK, false), 1).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(tcp_state(&ct), TcpState::Closed);
+    }
+
+    #[test]
+    fn tcp_fin_teardown() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        handshake(&mut ct, t, 0);
+        assert_eq!(ct.execute(&seg(t, FIN | ACK, false), 10).state, TRK | EST);
+        assert_eq!(tcp_state(&ct), TcpState::FinWait);
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 10_010);
+        // Peer acks, then sends its own FIN.
+        ct.execute(&seg(t.reverse(), ACK, false), 20);
+        assert_eq!(tcp_state(&ct), TcpState::FinWait);
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), FIN | ACK, false), 30).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(tcp_state(&ct), TcpState::Closing);
+        // Last ACK from the first closer.
+        ct.execute(&seg(t, ACK, false), 40);
+        assert_eq!(tcp_state(&ct), TcpState::TimeWait);
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 540);
+        assert_eq!(ct.expire(539), 0);
+        assert_eq!(ct.expire(540), 1);
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn tcp_syn_reopens_time_wait() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        handshake(&mut ct, t, 0);
+        ct.execute(&seg(t, RST, false), 1);
+        assert_eq!(tcp_state(&ct), TcpState::Closed);
+        // Without commit the old entry goes and nothing replaces it.
+        assert_eq!(ct.execute(&seg(t, SYN, false), 2).state, TRK | NEW);
+        assert!(ct.is_empty());
+        handshake(&mut ct, t, 3);
+        ct.execute(&seg(t, RST, false), 4);
+        assert_eq!(ct.execute(&seg(t, SYN, true), 5).state, TRK | NEW);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(tcp_state(&ct), TcpState::SynSent);
+    }
+
+    #[test]
+    fn tcp_timeout_expiry_and_refresh() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        ct.execute(&seg(t, SYN, true), 0);
+        // SYN_SENT times out after 1 s unless refreshed.
+        ct.execute(&seg(t, SYN, false), 900);
+        assert_eq!(ct.expire(1_500), 0);
+        assert_eq!(ct.expire(1_900), 1);
+        // Established: lookup of an expired entry treats it as gone even
+        // before `expire` runs.
+        handshake(&mut ct, t, 10_000);
+        assert_eq!(ct.execute(&seg(t, ACK, false), 109_999).state, TRK | EST);
+        assert_eq!(ct.execute(&seg(t, ACK, false), 209_999).state, TRK | INV);
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn udp_first_and_multiple() {
+        let mut ct = ct();
+        let t = udp(A, 5000, B, 53);
+        assert_eq!(ct.execute(&pkt(t, true), 0).state, TRK | NEW);
+        assert_eq!(ct.execute(&pkt(t, false), 100).state, TRK | NEW);
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 2_100);
+        assert_eq!(
+            ct.execute(&pkt(t.reverse(), false), 200).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 7_200);
+        assert_eq!(ct.execute(&pkt(t, false), 300).state, TRK | EST);
+        assert_eq!(ct.expire(7_299), 0);
+        assert_eq!(ct.expire(7_300), 1);
+        // Unanswered UDP uses the first timeout.
+        ct.execute(&pkt(t, true), 10_000);
+        assert_eq!(ct.expire(11_999), 0);
+        assert_eq!(ct.expire(12_000), 1);
+    }
+
+    #[test]
+    fn other_protocol_tracked() {
+        let mut ct = ct();
+        let t = Tuple::new(A, B, 47, 0, 0);
+        assert_eq!(ct.execute(&pkt(t, true), 0).state, TRK | NEW);
+        assert_eq!(
+            ct.execute(&pkt(t.reverse(), false), 1).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 4_001);
+        assert_eq!(
+            ct.dump().next().unwrap().to_string(),
+            "47,orig=(src=10.0.0.1,dst=10.0.0.2),reply=(src=10.0.0.2,dst=10.0.0.1)"
+        );
+    }
+
+    fn icmp(t: Tuple, ty: u8, commit: bool) -> CtInput {
+        CtInput {
+            icmp_type: ty,
+            commit,
+            ..CtInput::new(t, 0)
+        }
+    }
+
+    fn icmp_err(outer: Tuple, ty: u8, inner: Tuple) -> CtInput {
+        CtInput {
+            icmp_type: ty,
+            related_inner: Some(inner),
+            ..CtInput::new(outer, 0)
+        }
+    }
+
+    #[test]
+    fn icmp_echo() {
+        let mut ct = ct();
+        let req = Tuple::new(A, B, ipproto::ICMP, 42, 0);
+        // A reply without request is invalid.
+        assert_eq!(
+            ct.execute(&icmp(req.reverse(), icmp_type::ECHO_REPLY, true), 0)
+                .state,
+            TRK | INV
+        );
+        assert_eq!(
+            ct.execute(&icmp(req, icmp_type::ECHO_REQUEST, true), 0)
+                .state,
+            TRK | NEW
+        );
+        assert_eq!(
+            ct.execute(&icmp(req.reverse(), icmp_type::ECHO_REPLY, false), 1)
+                .state,
+            TRK | EST | RPL
+        );
+        assert_eq!(
+            ct.execute(&icmp(req, icmp_type::ECHO_REQUEST, false), 2)
+                .state,
+            TRK | EST
+        );
+        // Another identifier is another connection.
+        let other = Tuple { sport: 43, ..req };
+        assert_eq!(
+            ct.execute(&icmp(other, icmp_type::ECHO_REQUEST, false), 2)
+                .state,
+            TRK | NEW
+        );
+        // Non-query, non-error types are invalid.
+        assert_eq!(ct.execute(&icmp(req, 9, true), 2).state, TRK | INV);
+        assert_eq!(
+            ct.dump().next().unwrap().to_string(),
+            "icmp,orig=(src=10.0.0.1,dst=10.0.0.2,id=42,type=8,code=0),\
+             reply=(src=10.0.0.2,dst=10.0.0.1,id=42,type=0,code=0)"
+        );
+        assert_eq!(ct.expire(3_001), 0);
+        assert_eq!(ct.expire(3_002), 1);
+    }
+
+    #[test]
+    fn icmp_error_related() {
+        let mut ct = ct();
+        let t = udp(A, 5000, B, 53);
+        ct.execute(&pkt(t, true), 0);
+        // Port unreachable from B about A's datagram: reply direction.
+        let out = ct.execute(
+            &icmp_err(
+                Tuple::new(B, A, ipproto::ICMP, 0, 0),
+                icmp_type::DEST_UNREACH,
+                t,
+            ),
+            1,
+        );
+        assert_eq!(out.state, TRK | REL | RPL);
+        assert_eq!((out.rewrite, out.rewrite_inner), (None, None));
+        // Time exceeded from a router on the path, same thing.
+        let out = ct.execute(
+            &icmp_err(
+                Tuple::new(ROUTER, A, ipproto::ICMP, 0, 0),
+                icmp_type::TIME_EXCEEDED,
+                t,
+            ),
+            1,
+        );
+        assert_eq!(out.state, TRK | REL | RPL);
+        // A's error about B's reply: original direction.
+        let out = ct.execute(
+            &icmp_err(
+                Tuple::new(A, B, ipproto::ICMP, 0, 0),
+                icmp_type::DEST_UNREACH,
+                t.reverse(),
+            ),
+            1,
+        );
+        assert_eq!(out.state, TRK | REL);
+        // Unknown embedded connection, or none given: invalid.
+        let out = ct.execute(
+            &icmp_err(
+                Tuple::new(B, A, ipproto::ICMP, 0, 0),
+                icmp_type::DEST_UNREACH,
+                udp(A, 5001, B, 53),
+            ),
+            1,
+        );
+        assert_eq!(out.state, TRK | INV);
+        let mut no_inner = icmp_err(
+            Tuple::new(B, A, ipproto::ICMP, 0, 0),
+            icmp_type::DEST_UNREACH,
+            t,
+        );
+        no_inner.related_inner = None;
+        assert_eq!(ct.execute(&no_inner, 1).state, TRK | INV);
+        // Errors never create or refresh connections.
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.dump().next().unwrap().expires_ms, 2_000);
+    }
+
+    #[test]
+    fn icmp_error_related_under_dnat() {
+        let mut ct = ct();
+        let t = tcp(A, 40000, VIP, 80);
+        let dnat = nat(NatKind::Dst, D1, D1, 8080, 8080);
+        let out = ct.execute(&with_nat(seg(t, SYN, true), dnat), 0);
+        assert_eq!(out.rewrite, Some(tcp(A, 40000, D1, 8080)));
+        // D1 (or a router near it) reports on the translated SYN.
+        let mut err = icmp_err(
+            Tuple::new(D1, A, ipproto::ICMP, 0, 0),
+            icmp_type::DEST_UNREACH,
+            tcp(A, 40000, D1, 8080),
+        );
+        err.nat = Some(plain_nat());
+        let out = ct.execute(&err, 1);
+        assert_eq!(out.state, TRK | REL | RPL | SNAT);
+        assert_eq!(out.rewrite, Some(Tuple::new(VIP, A, ipproto::ICMP, 0, 0)));
+        assert_eq!(out.rewrite_inner, Some(t));
+        // Without nat in the ct action, nothing is rewritten.
+        err.nat = None;
+        let out = ct.execute(&err, 1);
+        assert_eq!(out.state, TRK | REL | RPL);
+        assert_eq!((out.rewrite, out.rewrite_inner), (None, None));
+        // A reports on the un-NATed reply it got from the VIP.
+        let mut err = icmp_err(
+            Tuple::new(A, VIP, ipproto::ICMP, 0, 0),
+            icmp_type::DEST_UNREACH,
+            tcp(VIP, 80, A, 40000),
+        );
+        err.nat = Some(plain_nat());
+        let out = ct.execute(&err, 1);
+        assert_eq!(out.state, TRK | REL | DNAT);
+        assert_eq!(out.rewrite, Some(Tuple::new(A, D1, ipproto::ICMP, 0, 0)));
+        assert_eq!(out.rewrite_inner, Some(tcp(D1, 8080, A, 40000)));
+    }
+
+    #[test]
+    fn zones_isolate() {
+        let mut ct = ct();
+        let t = udp(A, 5000, B, 53);
+        let mut z1 = pkt(t, true);
+        z1.zone = 1;
+        let mut z2 = pkt(t, true);
+        z2.zone = 2;
+        assert_eq!(ct.execute(&z1, 0).state, TRK | NEW);
+        let mut r1 = pkt(t.reverse(), false);
+        r1.zone = 1;
+        assert_eq!(ct.execute(&r1, 1).state, TRK | EST | RPL);
+        // Same tuple in zone 2 is a different connection.
+        z2.commit = false;
+        assert_eq!(ct.execute(&z2, 2).state, TRK | NEW);
+        z2.commit = true;
+        assert_eq!(ct.execute(&z2, 2).state, TRK | NEW);
+        assert_eq!(ct.len(), 2);
+        let mut r2 = pkt(t.reverse(), false);
+        r2.zone = 2;
+        assert_eq!(ct.execute(&r2, 3).state, TRK | EST | RPL);
+        // Zone 0 knows nothing.
+        assert_eq!(ct.execute(&pkt(t, false), 3).state, TRK | NEW);
+        assert_eq!(ct.flush(Some(1)), 1);
+        assert_eq!(ct.execute(&r1, 4).state, TRK | NEW);
+        assert_eq!(ct.execute(&r2, 4).state, TRK | EST | RPL);
+        assert_eq!(ct.flush(None), 1);
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn dnat_to_backend_and_unnat_reply() {
+        let mut ct = ct();
+        let t = tcp(A, 40000, VIP, 80);
+        let dnat = nat(NatKind::Dst, D1, D1, 8080, 8080);
+        let out = ct.execute(&with_nat(seg(t, SYN, true), dnat), 0);
+        assert_eq!(out.state, TRK | NEW | DNAT);
+        assert_eq!(out.rewrite, Some(tcp(A, 40000, D1, 8080)));
+        // The backend answers to the client; un-DNAT restores the VIP.
+        let back = tcp(D1, 8080, A, 40000);
+        let out = ct.execute(&with_nat(seg(back, SYN | ACK, false), plain_nat()), 1);
+        assert_eq!(out.state, TRK | EST | RPL | SNAT);
+        assert_eq!(out.rewrite, Some(tcp(VIP, 80, A, 40000)));
+        // Later client packets through ct(nat) keep going to the backend,
+        // whatever range a re-evaluated nat(dst=...) gives.
+        let out = ct.execute(&with_nat(seg(t, ACK, false), plain_nat()), 2);
+        assert_eq!(out.state, TRK | EST | DNAT);
+        assert_eq!(out.rewrite, Some(tcp(A, 40000, D1, 8080)));
+        let other = nat(NatKind::Dst, C, C, 0, 0);
+        let out = ct.execute(&with_nat(seg(t, ACK, true), other), 3);
+        assert_eq!(out.rewrite, Some(tcp(A, 40000, D1, 8080)));
+        // ct without nat: tracked, not translated.
+        let out = ct.execute(&seg(t, ACK, false), 4);
+        assert_eq!((out.state, out.rewrite), (TRK | EST, None));
+        assert_eq!(
+            ct.dump().next().unwrap().to_string(),
+            "tcp,orig=(src=10.0.0.1,dst=10.96.0.10,sport=40000,dport=80),\
+             reply=(src=10.244.1.5,dst=10.0.0.1,sport=8080,dport=40000),\
+             protoinfo=(state=ESTABLISHED)"
+        );
+        assert_eq!(ct.dump().next().unwrap().nat, Some(NatKind::Dst));
+    }
+
+    #[test]
+    fn dnat_address_range_is_deterministic_and_keeps_port() {
+        let lo = Ipv4Addr::new(10, 244, 0, 1);
+        let hi = Ipv4Addr::new(10, 244, 0, 8);
+        let range = nat(NatKind::Dst, lo, hi, 0, 0);
+        let mut seen = std::collections::HashSet::new();
+        for sport in 1000..1064u16 {
+            let t = tcp(A, sport, VIP, 80);
+            let mut c1 = ct();
+            let mut c2 = ct();
+            let o1 = c1.execute(&with_nat(seg(t, SYN, true), range), 0);
+            let o2 = c2.execute(&with_nat(seg(t, SYN, true), range), 0);
+            assert_eq!(o1, o2);
+            let r = o1.rewrite.unwrap();
+            assert!(r.dst >= lo && r.dst <= hi);
+            assert_eq!((r.src, r.sport, r.dport), (A, sport, 80));
+            seen.insert(r.dst);
+        }
+        // The hash spreads connections over the range.
+        assert!(seen.len() >= 6, "{seen:?}");
+    }
+
+    #[test]
+    fn snat_port_range_with_collisions() {
+        let mut ct = ct();
+        let snat = nat(NatKind::Src, NATIP, NATIP, 5000, 5003);
+        let mut ports = Vec::new();
+        for sport in 0..4u16 {
+            let t = udp(A, 10000 + sport, B, 53);
+            let out = ct.execute(&with_nat(pkt(t, true), snat), 0);
+            assert_eq!(out.state, TRK | NEW | SNAT);
+            let r = out.rewrite.unwrap();
+            assert_eq!((r.src, r.dst, r.dport), (NATIP, B, 53));
+            assert!((5000..=5003).contains(&r.sport));
+            ports.push(r.sport);
+            // The server's reply to the translated port is un-NATed.
+            let out = ct.execute(
+                &with_nat(pkt(udp(B, 53, NATIP, r.sport), false), plain_nat()),
+                1,
+            );
+            assert_eq!(out.state, TRK | EST | RPL | DNAT);
+            assert_eq!(out.rewrite, Some(t.reverse()));
+        }
+        ports.sort_unstable();
+        assert_eq!(ports, [5000, 5001, 5002, 5003]);
+        // Range exhausted: invalid, nothing created.
+        let out = ct.execute(&with_nat(pkt(udp(A, 20000, B, 53), true), snat), 2);
+        assert_eq!(out.state, TRK | INV);
+        assert_eq!(ct.len(), 4);
+        // A different destination does not collide.
+        let out = ct.execute(&with_nat(pkt(udp(A, 20000, C, 53), true), snat), 2);
+        assert_eq!(out.state, TRK | NEW | SNAT);
+        // Expired holders free their ports.
+        let out = ct.execute(&with_nat(pkt(udp(A, 20000, B, 53), true), snat), 60_000);
+        assert_eq!(out.state, TRK | NEW | SNAT);
+    }
+
+    #[test]
+    fn snat_without_port_range_keeps_port_then_ephemeral() {
+        let mut ct = ct();
+        let snat = nat(NatKind::Src, NATIP, NATIP, 0, 0);
+        let out = ct.execute(&with_nat(pkt(udp(A, 3333, B, 53), true), snat), 0);
+        assert_eq!(out.rewrite, Some(udp(NATIP, 3333, B, 53)));
+        // Another client with the same source port collides.
+        let out = ct.execute(&with_nat(pkt(udp(C, 3333, B, 53), true), snat), 0);
+        let r = out.rewrite.unwrap();
+        assert_eq!(r.src, NATIP);
+        assert!(r.sport >= 1024 && r.sport != 3333, "{r:?}");
+        assert_eq!(out.state, TRK | NEW | SNAT);
+    }
+
+    #[test]
+    fn snat_address_range_collisions_walk_addresses() {
+        let mut ct = ct();
+        let lo = Ipv4Addr::new(192, 168, 0, 1);
+        let hi = Ipv4Addr::new(192, 168, 0, 3);
+        // One port, three addresses: three connections fit.
+        let snat = nat(NatKind::Src, lo, hi, 7000, 7000);
+        let mut addrs = Vec::new();
+        for sport in 0..3u16 {
+            let out = ct.execute(&with_nat(pkt(udp(A, sport + 1, B, 53), true), snat), 0);
+            let r = out.rewrite.unwrap();
+            assert_eq!(r.sport, 7000);
+            addrs.push(r.src);
+        }
+        addrs.sort_unstable();
+        assert_eq!(addrs, [lo, Ipv4Addr::new(192, 168, 0, 2), hi]);
+        let out = ct.execute(&with_nat(pkt(udp(A, 9, B, 53), true), snat), 0);
+        assert_eq!(out.state, TRK | INV);
+    }
+
+    #[test]
+    fn snat_icmp_translates_identifier() {
+        let mut ct = ct();
+        let snat = nat(NatKind::Src, NATIP, NATIP, 0, 0);
+        let req_a = Tuple::new(A, B, ipproto::ICMP, 7, 0);
+        let req_c = Tuple::new(C, B, ipproto::ICMP, 7, 0);
+        let out = ct.execute(
+            &with_nat(icmp(req_a, icmp_type::ECHO_REQUEST, true), snat),
+            0,
+        );
+        assert_eq!(out.rewrite, Some(Tuple::new(NATIP, B, ipproto::ICMP, 7, 0)));
+        let out = ct.execute(
+            &with_nat(icmp(req_c, icmp_type::ECHO_REQUEST, true), snat),
+            0,
+        );
+        let r = out.rewrite.unwrap();
+        assert_ne!(r.sport, 7);
+        let mut reply = icmp(r.reverse(), icmp_type::ECHO_REPLY, false);
+        reply.nat = Some(plain_nat());
+        let out = ct.execute(&reply, 1);
+        assert_eq!(out.state, TRK | EST | RPL | DNAT);
+        assert_eq!(out.rewrite, Some(req_c.reverse()));
+    }
+
+    #[test]
+    fn nat_needs_commit_and_invalid_range() {
+        let mut ct = ct();
+        let t = tcp(A, 40000, VIP, 80);
+        let dnat = nat(NatKind::Dst, D1, D1, 0, 0);
+        let out = ct.execute(&with_nat(seg(t, SYN, false), dnat), 0);
+        assert_eq!((out.state, out.rewrite), (TRK | NEW, None));
+        let bad = nat(NatKind::Dst, D1, Ipv4Addr::new(10, 0, 0, 0), 0, 0);
+        assert_eq!(
+            ct.execute(&with_nat(seg(t, SYN, true), bad), 0).state,
+            TRK | INV
+        );
+        // Plain nat on a new connection commits it without translation.
+        let out = ct.execute(&with_nat(seg(t, SYN, true), plain_nat()), 0);
+        assert_eq!((out.state, out.rewrite), (TRK | NEW, None));
+        assert_eq!(ct.dump().next().unwrap().nat, None);
+    }
+
+    #[test]
+    fn reverse_tuple_owned_by_natted_connection() {
+        let mut ct = ct();
+        // A → VIP is DNATed to D1; its reply key is D1 → A.
+        let dnat = nat(NatKind::Dst, D1, D1, 0, 0);
+        ct.execute(&with_nat(seg(tcp(A, 40000, VIP, 80), SYN, true), dnat), 0);
+        // A direct A → D1 connection on the same ports cannot be told apart.
+        assert_eq!(
+            ct.execute(&seg(tcp(A, 40000, D1, 80), SYN, true), 0).state,
+            TRK | INV
+        );
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn max_conns_limit() {
+        let mut ct = ConnTrack::new(CtConfig {
+            max_conns: 2,
+            timeouts: timeouts(),
+        });
+        assert_eq!(ct.execute(&pkt(udp(A, 1, B, 53), true), 0).state, TRK | NEW);
+        assert_eq!(ct.execute(&pkt(udp(A, 2, B, 53), true), 0).state, TRK | NEW);
+        assert_eq!(ct.execute(&pkt(udp(A, 3, B, 53), true), 0).state, TRK | INV);
+        // Without commit the packet is merely new.
+        assert_eq!(
+            ct.execute(&pkt(udp(A, 3, B, 53), false), 0).state,
+            TRK | NEW
+        );
+        // Existing connections keep working.
+        assert_eq!(
+            ct.execute(&pkt(udp(B, 53, A, 1), false), 1).state,
+            TRK | EST | RPL
+        );
+        assert_eq!(ct.len(), 2);
+        ct.flush(None);
+        assert_eq!(ct.execute(&pkt(udp(A, 3, B, 53), true), 2).state, TRK | NEW);
+        ct.set_max_conns(1);
+        assert_eq!(ct.execute(&pkt(udp(A, 4, B, 53), true), 2).state, TRK | INV);
+    }
+
+    #[test]
+    fn uncommitted_not_remembered() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        assert_eq!(ct.execute(&seg(t, SYN, false), 0).state, TRK | NEW);
+        assert!(ct.is_empty());
+        assert_eq!(ct.dump().count(), 0);
+        // The answer is not recognised either: a SYN+ACK cannot start one.
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), SYN | ACK, false), 1).state,
+            TRK | INV
+        );
+        let u = udp(A, 1, B, 2);
+        assert_eq!(ct.execute(&pkt(u, false), 0).state, TRK | NEW);
+        assert_eq!(ct.execute(&pkt(u.reverse(), false), 0).state, TRK | NEW);
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn dump_format() {
+        let mut ct = ct();
+        let mut i = seg(tcp(A, 1234, B, 80), SYN, true);
+        i.zone = 1;
+        ct.execute(&i, 0);
+        let mut r = seg(tcp(B, 80, A, 1234), SYN | ACK, false);
+        r.zone = 1;
+        ct.execute(&r, 0);
+        i.tcp_flags = ACK;
+        ct.execute(&i, 0);
+        ct.execute(&pkt(udp(A, 5000, B, 53), true), 0);
+        let lines: Vec<String> = ct.dump().map(|c| c.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "tcp,orig=(src=10.0.0.1,dst=10.0.0.2,sport=1234,dport=80),\
+                 reply=(src=10.0.0.2,dst=10.0.0.1,sport=80,dport=1234),\
+                 zone=1,protoinfo=(state=ESTABLISHED)",
+                "udp,orig=(src=10.0.0.1,dst=10.0.0.2,sport=5000,dport=53),\
+                 reply=(src=10.0.0.2,dst=10.0.0.1,sport=53,dport=5000)",
+            ]
+        );
+    }
+
+    #[test]
+    fn slots_are_reused() {
+        let mut ct = ct();
+        for round in 0..3u64 {
+            for p in 0..10u16 {
+                ct.execute(&pkt(udp(A, p, B, 53), true), round * 10_000);
+            }
+            assert_eq!(ct.len(), 10);
+            assert_eq!(ct.expire(round * 10_000 + 5_000), 10);
+        }
+        assert_eq!(ct.conns.len(), 10);
+        assert!(ct.map.is_empty());
+    }
+
+    /// Every key points at a live connection whose matching direction holds
+    /// that key, and every connection has its keys.
+    fn check_invariants(ct: &ConnTrack) {
+        let mut n = 0;
+        for (key, slot) in &ct.map {
+            let c = ct.conn(slot.idx).expect("key points at a live connection");
+            let t = if slot.reply { c.reply } else { c.orig };
+            assert_eq!((key.zone, key.tuple), (c.zone, t));
+            n += 1;
+        }
+        let mut keys = 0;
+        for c in ct.conns.iter().flatten() {
+            keys += if c.orig == c.reply { 1 } else { 2 };
+        }
+        assert_eq!(n, keys);
+        assert_eq!(ct.conns.iter().flatten().count(), ct.len());
+        assert!(ct.len() <= ct.config.max_conns);
+    }
+
+    proptest! {
+        #[test]
+        fn random_traffic_keeps_table_consistent(
+            ops in proptest::collection::vec(
+                (0u8..4, 0u16..4, 0u16..4, any::<bool>(), any::<bool>(), 0u8..6, 0u8..5, 0u64..3000),
+                1..200,
+            )
+        ) {
+            let mut ct = ConnTrack::new(CtConfig { max_conns: 12, timeouts: timeouts() });
+            let hosts = [A, B, C, NATIP];
+            let mut now = 0;
+            for (proto_sel, h, p, commit, rev, flags_sel, nat_sel, dt) in ops {
+                now += dt;
+                let proto = [ipproto::TCP, ipproto::UDP, ipproto::ICMP, 47][proto_sel as usize];
+                let mut t = Tuple::new(hosts[h as usize], hosts[(h as usize + 1) % 4], proto, 1000 + p, 80);
+                if proto == ipproto::ICMP { t.dport = 0; }
+                if proto == 47 { t.sport = 0; t.dport = 0; }
+                if rev { t = t.reverse(); }
+                let flags = [SYN, SYN | ACK, ACK, FIN | ACK, RST, ACK | PSH][flags_sel as usize];
+                let nat_arg = match nat_sel {
+                    0 => None,
+                    1 => Some(plain_nat()),
+                    2 => Some(nat(NatKind::Src, NATIP, NATIP, 5000, 5002)),
+                    3 => Some(nat(NatKind::Dst, D1, Ipv4Addr::new(10, 244, 1, 6), 0, 0)),
+                    _ => Some(nat(NatKind::Src, NATIP, NATIP, 0, 0)),
+                };
+                let input = CtInput {
+                    tuple: t,
+                    zone: h % 2,
+                    tcp_flags: if proto == ipproto::TCP { flags } else { 0 },
+                    icmp_type: if proto == ipproto::ICMP {
+                        if rev { icmp_type::ECHO_REPLY } else { icmp_type::ECHO_REQUEST }
+                    } else { 0 },
+                    icmp_code: 0,
+                    commit,
+                    nat: nat_arg,
+                    related_inner: None,
+                };
+                let out = ct.execute(&input, now);
+                prop_assert!(out.state & TRK != 0);
+                prop_assert_eq!(out.state & (NEW | EST | INV | REL) != 0, true);
+                if out.state & INV != 0 {
+                    prop_assert_eq!(out.state, TRK | INV);
+                }
+                check_invariants(&ct);
+                if now % 7 == 0 {
+                    ct.expire(now);
+                    check_invariants(&ct);
+                }
+            }
+        }
     }
 }
