@@ -7,5 +7,6 @@
 //! and UMEM handling with its `unsafe` lives in [`xsk`] alone.
 #![warn(missing_docs)]
 
+pub mod conntrack;
 pub mod port;
 pub mod xsk;
