@@ -30,3 +30,4 @@ pub mod field;
 pub mod flow_match;
 pub mod key;
 pub mod pipeline;
+pub mod syntax;
