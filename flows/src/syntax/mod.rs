@@ -875,8 +875,9 @@ pub fn format_flow_spec(spec: &FlowSpec) -> String {
 /// `ofp_print_duration`: whole seconds, or 3 decimals for milliseconds.
 fn fmt_duration(out: &mut String, ms: u64) {
     let _ = write!(out, "{}", ms / 1000);
-    if ms % 1000 != 0 {
-        let _ = write!(out, ".{:03}", ms % 1000);
+    let frac = ms % 1000;
+    if frac > 0 {
+        let _ = write!(out, ".{frac:03}");
     }
     out.push('s');
 }
