@@ -760,7 +760,7 @@ enum Proto {
     Ipv6,
     Other,
     L4(u8),
-    OtherIpProto(u8),
+    Nonstandard(u8),
 }
 
 fn arb_match() -> impl Strategy<Value = Match> {
@@ -774,7 +774,7 @@ fn arb_match() -> impl Strategy<Value = Match> {
         Just(Proto::L4(17)),
         Just(Proto::L4(132)),
         Just(Proto::L4(1)),
-        Just(Proto::OtherIpProto(47)),
+        Just(Proto::Nonstandard(47)),
     ];
     let meta = (
         proptest::option::of(arb_masked(16)),
@@ -867,14 +867,14 @@ fn arb_match() -> impl Strategy<Value = Match> {
                     m.set(Field::NwProto, op as u64);
                 }
             }
-            Proto::Ip | Proto::OtherIpProto(_) | Proto::L4(_) => {
+            Proto::Ip | Proto::Nonstandard(_) | Proto::L4(_) => {
                 m.set(Field::DlType, 0x0800);
                 ip_like(&mut m);
                 if let Some(t) = tos {
                     m.set_masked(Field::NwTos, t << 2, 0xfc);
                 }
                 match proto {
-                    Proto::OtherIpProto(p) => m.set(Field::NwProto, p as u64),
+                    Proto::Nonstandard(p) => m.set(Field::NwProto, p as u64),
                     Proto::L4(1) => {
                         m.set(Field::NwProto, 1);
                         if let Some(t) = icmp_type {
