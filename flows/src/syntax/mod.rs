@@ -293,6 +293,11 @@ fn apply_field(
             let v = parse_max(value, 7).map_err(ferr)?;
             m.set_masked(Field::VlanTci, (v << 13) | cfi, 0xe000 | cfi);
         }
+        Field::IcmpType | Field::IcmpCode => {
+            no_mask(&format!("{key} cannot be masked"))?;
+            let v = parse_max(value, 255).map_err(ferr)?;
+            m.set(field, v);
+        }
         Field::NwTos => {
             no_mask("nw_tos cannot be masked")?;
             let v = parse_max(value, 255).map_err(ferr)?;
@@ -704,7 +709,8 @@ pub fn format_group(g: &Group) -> String {
     );
     for b in &g.buckets {
         let _ = write!(s, ",bucket=bucket_id:{},", b.id);
-        if g.kind == GroupType::Select || b.weight != 0 {
+        let default_weight = if g.kind == GroupType::Select { 1 } else { 0 };
+        if b.weight != default_weight {
             let _ = write!(s, "weight:{},", b.weight);
         }
         s.push_str("actions=");

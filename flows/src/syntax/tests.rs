@@ -500,7 +500,7 @@ fn groups() {
     assert_eq!(
         format_group(&g),
         "group_id=1,type=select,bucket=bucket_id:0,weight:100,actions=output:1,\
-         bucket=bucket_id:1,weight:1,actions=output:2"
+         bucket=bucket_id:1,actions=output:2"
     );
     assert_eq!(parse_group(&format_group(&g)).unwrap(), g);
 

@@ -122,11 +122,13 @@ pub(crate) fn fmt_port(out: &mut String, p: PortNo) {
     }
 }
 
+/// `ct_state` bits that exist (OVS's "all flags" mask).
+const CT_ALL: u64 = 0xff;
+
 /// Parses `ct_state` text: `+trk+est-new`, `trk|est`, `0x22` or `0x22/0x3f`.
-/// Returns `(value, mask)`; the flag-list form `a|b` and a bare number pin
-/// every bit of the field.
+/// Returns `(value, mask)`. The flag-list form `a|b` and a bare number up to
+/// 0xff pin the eight defined flags (mask 0xff), as in OVS.
 pub(crate) fn parse_ct_state(s: &str) -> Result<(u64, u64), String> {
-    let full = width_mask(Field::CtState.width());
     if s.starts_with(|c: char| c.is_ascii_digit()) {
         let (v, m) = match s.split_once('/') {
             Some((v, m)) => (v, Some(m)),
@@ -135,7 +137,8 @@ pub(crate) fn parse_ct_state(s: &str) -> Result<(u64, u64), String> {
         let v = parse_width(v, 16, false)?;
         let m = match m {
             Some(m) => parse_width(m, 16, false)?,
-            None => full,
+            None if v <= CT_ALL => CT_ALL,
+            None => width_mask(16),
         };
         return Ok((v & m, m));
     }
@@ -176,21 +179,14 @@ pub(crate) fn parse_ct_state(s: &str) -> Result<(u64, u64), String> {
     for name in s.split('|') {
         value |= flag(name)?;
     }
-    Ok((value, full))
+    Ok((value, CT_ALL))
 }
 
-/// Formats `ct_state` like OVS: `est|trk` when every bit is pinned,
-/// `+est+trk-new` (lowest bit first) when some are, hex for unknown bits.
+/// Formats `ct_state` like OVS: `est|trk` (or `0`) when all eight flags are
+/// pinned, `-new+est+trk` (lowest bit first) when some are, and hex with
+/// a mask for anything outside the defined flags.
 pub(crate) fn fmt_ct_state(out: &mut String, value: u64, mask: u64) {
-    let full = width_mask(Field::CtState.width());
-    if value & !0xff != 0 || (mask != full && mask & !0xff != 0) {
-        let _ = write!(out, "{value:#x}");
-        if mask != full {
-            let _ = write!(out, "/{mask:#x}");
-        }
-        return;
-    }
-    if mask == full {
+    if mask == CT_ALL && value & !CT_ALL == 0 {
         if value == 0 {
             out.push('0');
             return;
@@ -205,13 +201,15 @@ pub(crate) fn fmt_ct_state(out: &mut String, value: u64, mask: u64) {
                 first = false;
             }
         }
-        return;
-    }
-    for (name, bit) in ct_state::NAMES {
-        if mask & bit != 0 {
-            out.push(if value & bit != 0 { '+' } else { '-' });
-            out.push_str(name);
+    } else if mask != 0 && mask & !CT_ALL == 0 {
+        for (name, bit) in ct_state::NAMES {
+            if mask & bit != 0 {
+                out.push(if value & bit != 0 { '+' } else { '-' });
+                out.push_str(name);
+            }
         }
+    } else {
+        let _ = write!(out, "{value:#x}/{mask:#x}");
     }
 }
 
@@ -389,7 +387,9 @@ mod tests {
     #[test]
     fn ct_state_text() {
         assert_eq!(parse_ct_state("+trk+est-new"), Ok((0x22, 0x23)));
-        assert_eq!(parse_ct_state("trk|est"), Ok((0x22, 0xffff)));
+        assert_eq!(parse_ct_state("trk|est"), Ok((0x22, 0xff)));
+        assert_eq!(parse_ct_state("0x22"), Ok((0x22, 0xff)));
+        assert_eq!(parse_ct_state("0x122"), Ok((0x122, 0xffff)));
         assert_eq!(parse_ct_state("0x22/0x3f"), Ok((0x22, 0x3f)));
         assert!(parse_ct_state("+trk+bogus").is_err());
         assert!(parse_ct_state("+trk+trk").is_err());
@@ -398,11 +398,14 @@ mod tests {
         fmt_ct_state(&mut s, 0x22, 0x23);
         assert_eq!(s, "-new+est+trk");
         s.clear();
-        fmt_ct_state(&mut s, 0x22, 0xffff);
+        fmt_ct_state(&mut s, 0x22, 0xff);
         assert_eq!(s, "est|trk");
         s.clear();
-        fmt_ct_state(&mut s, 0, 0xffff);
+        fmt_ct_state(&mut s, 0, 0xff);
         assert_eq!(s, "0");
+        s.clear();
+        fmt_ct_state(&mut s, 0x22, 0xffff);
+        assert_eq!(s, "0x22/0xffff");
     }
 
     #[test]
