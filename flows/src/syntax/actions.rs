@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use super::value::{
     fmt_field_value, fmt_mac, fmt_port, hash_hex, maskable, parse_field_value, parse_ip, parse_mac,
-    parse_max, parse_num, parse_port,
+    parse_max, parse_num,
 };
 use super::{prereq_ok, prereq_text, Src, SyntaxError, SyntaxErrorKind};
 use crate::action::{port, Action, CtArgs, Nat, NatKind, PortNo, SubField};
@@ -202,7 +202,7 @@ fn parse_action(
         if arg.is_some() || paren.is_some() {
             return Err(src.err(item, SyntaxErrorKind::UnknownAction(item.to_string())));
         }
-        let p = parse_port(name).map_err(|e| aerr(item, e))?;
+        let p = src.port(name).map_err(|e| aerr(item, e))?;
         return output_to(p).map(Some).map_err(|e| aerr(item, e));
     }
     let a = match lower.as_str() {
@@ -215,7 +215,7 @@ fn parse_action(
                 return Err(aerr(item, "only output:PORT is supported".into()));
             }
             let a = need_arg()?;
-            let p = parse_port(a).map_err(|e| aerr(a, e))?;
+            let p = src.port(a).map_err(|e| aerr(a, e))?;
             output_to(p).map_err(|e| aerr(a, e))?
         }
         "in_port" => return no_arg(Action::InPort),
@@ -298,7 +298,7 @@ fn parse_action(
             };
             let field = Field::from_name(f)
                 .ok_or_else(|| src.err(f, SyntaxErrorKind::UnknownField(f.to_string())))?;
-            let (value, mask) = parse_field_value(field, v).map_err(|e| {
+            let (value, mask) = parse_field_value(field, v, src.names).map_err(|e| {
                 src.err(
                     v,
                     SyntaxErrorKind::Field {
@@ -358,7 +358,7 @@ fn parse_action(
                 if p.is_empty() {
                     return Ok(None);
                 }
-                match parse_port(p).map_err(|e| aerr(p, e))? {
+                match src.port(p).map_err(|e| aerr(p, e))? {
                     port::IN_PORT => Ok(None),
                     n => Ok(Some(n)),
                 }
@@ -416,7 +416,7 @@ fn parse_action(
             return Err(aerr(item, "is not supported by ferrovs".into()))
         }
         _ => {
-            if let Ok(p) = parse_port(name) {
+            if let Ok(p) = src.port(name) {
                 if arg.is_none() && paren.is_none() {
                     return output_to(p).map(Some).map_err(|e| aerr(item, e));
                 }

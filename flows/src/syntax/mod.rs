@@ -28,7 +28,8 @@ use crate::flow_match::Match;
 use crate::key::{width_mask, FlowKey, VLAN_CFI};
 use crate::pipeline::{FlowEntry, FlowFilter, FlowSpec, DEFAULT_PRIORITY};
 
-use value::{fmt_field_value, maskable, parse_field_value, parse_max, parse_num, parse_port};
+pub use value::PortNames;
+use value::{fmt_field_value, maskable, parse_field_value, parse_max, parse_num, parse_port_with};
 
 /// What went wrong, without the position (see [`SyntaxError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,11 +99,17 @@ impl std::error::Error for SyntaxError {
 #[derive(Clone, Copy)]
 pub(crate) struct Src<'a> {
     base: &'a str,
+    names: Option<PortNames<'a>>,
 }
 
 impl<'a> Src<'a> {
-    fn new(base: &'a str) -> Self {
-        Src { base }
+    fn new(base: &'a str, names: Option<PortNames<'a>>) -> Self {
+        Src { base, names }
+    }
+
+    /// Parses a port number, reserved name or (with a resolver) port name.
+    pub(crate) fn port(&self, s: &str) -> Result<PortNo, String> {
+        parse_port_with(s, self.names)
     }
 
     /// 1-based column of `at`, which must be a sub-slice of the base text
@@ -309,7 +316,7 @@ fn apply_field(
             m.set_masked(Field::NwTos, v, 0xfc);
         }
         _ => {
-            let (v, mask) = parse_field_value(field, value).map_err(ferr)?;
+            let (v, mask) = parse_field_value(field, value, src.names).map_err(ferr)?;
             let mask = match mask {
                 Some(_) if packet => None,
                 Some(_) if !maskable(field) => {
@@ -328,8 +335,12 @@ fn apply_field(
     Ok(())
 }
 
-fn parse_common(text: &str, mode: Mode) -> Result<Parsed, SyntaxError> {
-    let src = Src::new(text);
+fn parse_common(
+    text: &str,
+    mode: Mode,
+    names: Option<PortNames<'_>>,
+) -> Result<Parsed, SyntaxError> {
+    let src = Src::new(text, names);
     let (match_part, actions_part) = split_actions(text);
     let mut p = Parsed::default();
     let mut fields: Vec<(Field, &str)> = Vec::new();
@@ -408,7 +419,7 @@ fn parse_common(text: &str, mode: Mode) -> Result<Parsed, SyntaxError> {
                     return Err(not_here(key, what));
                 }
                 let v = val()?;
-                p.out_port = Some(parse_port(v).map_err(|e| src.field_err(v, key, e))?);
+                p.out_port = Some(src.port(v).map_err(|e| src.field_err(v, key, e))?);
             }
             "importance" | "send_flow_rem" | "check_overlap" | "reset_counts"
             | "no_packet_counts" | "no_byte_counts" | "out_group" | "duration" | "n_packets"
@@ -479,7 +490,11 @@ fn parse_common(text: &str, mode: Mode) -> Result<Parsed, SyntaxError> {
 
 /// Parses an `add-flow` line: `table=0,priority=100,tcp,tp_dst=80 actions=output:2`.
 pub fn parse_flow(text: &str) -> Result<FlowSpec, SyntaxError> {
-    let p = parse_common(text, Mode::Add)?;
+    Parser::new().flow(text)
+}
+
+fn flow_of(text: &str, names: Option<PortNames<'_>>) -> Result<FlowSpec, SyntaxError> {
+    let p = parse_common(text, Mode::Add, names)?;
     Ok(FlowSpec {
         table: p.table.unwrap_or(0),
         priority: p.priority.unwrap_or(DEFAULT_PRIORITY),
@@ -513,7 +528,7 @@ fn parse_lines<T>(
 /// Parses an `add-flows FILE`: one flow a line, `#` comments and blank
 /// lines skipped; errors carry the 1-based line number.
 pub fn parse_flows_file(text: &str) -> Result<Vec<FlowSpec>, SyntaxError> {
-    parse_lines(text, parse_flow)
+    Parser::new().flows_file(text)
 }
 
 fn filter_of(p: &Parsed, strict: bool) -> FlowFilter {
@@ -533,22 +548,86 @@ fn filter_of(p: &Parsed, strict: bool) -> FlowFilter {
 /// (`cookie=V` means `V/-1`), `out_port=`, `priority=` (strict only) and
 /// match fields. The empty string selects everything.
 pub fn parse_filter(text: &str, strict: bool) -> Result<FlowFilter, SyntaxError> {
-    let p = parse_common(text, Mode::Filter)?;
-    Ok(filter_of(&p, strict))
+    Parser::new().filter(text, strict)
 }
 
 /// Parses `mod-flows` text, `MATCH actions=...`, into a non-strict filter and
 /// the new actions (set `filter.strict` for `--strict`).
 pub fn parse_mod_flow(text: &str) -> Result<(FlowFilter, Vec<Action>), SyntaxError> {
-    let p = parse_common(text, Mode::Modify)?;
-    let f = filter_of(&p, false);
-    Ok((f, p.actions.unwrap_or_default()))
+    Parser::new().mod_flow(text)
 }
 
 /// Parses a packet description for `ferrovs-ctl trace`, in `ofproto/trace`
 /// style: `in_port=1,tcp,nw_src=10.0.0.1,tp_dst=80`. Fields not given are 0.
 pub fn parse_packet(text: &str) -> Result<FlowKey, SyntaxError> {
-    Ok(parse_common(text, Mode::Packet)?.m.key)
+    Parser::new().packet(text)
+}
+
+/// The parsers, optionally resolving port names (`in_port=veth0`,
+/// `output:veth1`, `out_port=veth1`) through the caller's port table.
+/// Numbers and reserved names (`LOCAL`, ...) take precedence over names.
+/// The free functions ([`parse_flow`], ...) are `Parser::new()` methods.
+#[derive(Clone, Copy, Default)]
+pub struct Parser<'a> {
+    names: Option<PortNames<'a>>,
+}
+
+impl std::fmt::Debug for Parser<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parser")
+            .field("port_names", &self.names.is_some())
+            .finish()
+    }
+}
+
+impl<'a> Parser<'a> {
+    /// A parser that knows only port numbers and reserved names.
+    pub fn new() -> Self {
+        Parser { names: None }
+    }
+
+    /// A parser that also resolves port names with `names`.
+    pub fn with_port_names(names: PortNames<'a>) -> Self {
+        Parser { names: Some(names) }
+    }
+
+    /// See [`parse_flow`].
+    pub fn flow(&self, text: &str) -> Result<FlowSpec, SyntaxError> {
+        flow_of(text, self.names)
+    }
+
+    /// See [`parse_flows_file`].
+    pub fn flows_file(&self, text: &str) -> Result<Vec<FlowSpec>, SyntaxError> {
+        parse_lines(text, |l| self.flow(l))
+    }
+
+    /// See [`parse_filter`].
+    pub fn filter(&self, text: &str, strict: bool) -> Result<FlowFilter, SyntaxError> {
+        let p = parse_common(text, Mode::Filter, self.names)?;
+        Ok(filter_of(&p, strict))
+    }
+
+    /// See [`parse_mod_flow`].
+    pub fn mod_flow(&self, text: &str) -> Result<(FlowFilter, Vec<Action>), SyntaxError> {
+        let p = parse_common(text, Mode::Modify, self.names)?;
+        let f = filter_of(&p, false);
+        Ok((f, p.actions.unwrap_or_default()))
+    }
+
+    /// See [`parse_packet`].
+    pub fn packet(&self, text: &str) -> Result<FlowKey, SyntaxError> {
+        Ok(parse_common(text, Mode::Packet, self.names)?.m.key)
+    }
+
+    /// See [`parse_group`].
+    pub fn group(&self, text: &str) -> Result<Group, SyntaxError> {
+        parse_group_with(text, self.names)
+    }
+
+    /// See [`parse_groups_file`].
+    pub fn groups_file(&self, text: &str) -> Result<Vec<Group>, SyntaxError> {
+        parse_lines(text, |l| self.group(l))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -559,7 +638,11 @@ pub fn parse_packet(text: &str) -> Result<FlowKey, SyntaxError> {
 /// Buckets without `bucket_id:` are numbered on from the previous bucket
 /// (starting at 0); select buckets weigh 1 unless `weight:` says otherwise.
 pub fn parse_group(text: &str) -> Result<Group, SyntaxError> {
-    let src = Src::new(text);
+    Parser::new().group(text)
+}
+
+fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, SyntaxError> {
+    let src = Src::new(text, names);
     // Split at every `bucket=` that starts an item.
     let mut starts = Vec::new();
     for (i, _) in text.match_indices("bucket=") {
@@ -721,7 +804,7 @@ pub fn format_group(g: &Group) -> String {
 
 /// Parses an `add-groups FILE`: one group a line, `#` comments skipped.
 pub fn parse_groups_file(text: &str) -> Result<Vec<Group>, SyntaxError> {
-    parse_lines(text, parse_group)
+    Parser::new().groups_file(text)
 }
 
 // ---------------------------------------------------------------------------

@@ -1141,3 +1141,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn port_names() {
+    let table = |name: &str| match name {
+        "veth0" => Some(1),
+        "veth1" => Some(2),
+        _ => None,
+    };
+    let p = Parser::with_port_names(&table);
+    let f = p
+        .flow("in_port=veth0 actions=output:veth1,veth0,resubmit(veth1,3),LOCAL")
+        .unwrap();
+    assert_eq!(f.m.get(Field::InPort), (1, 0xffff));
+    assert_eq!(
+        f.actions,
+        vec![
+            Action::Output(2),
+            Action::Output(1),
+            Action::Resubmit {
+                port: Some(2),
+                table: Some(3)
+            },
+            Action::Output(port::LOCAL)
+        ]
+    );
+    assert_eq!(p.filter("out_port=veth1", false).unwrap().out_port, Some(2));
+    assert_eq!(p.packet("in_port=veth1").unwrap().get(Field::InPort), 2);
+    assert_eq!(
+        p.flow("in_port=veth9 actions=drop")
+            .unwrap_err()
+            .to_string(),
+        "column 9, field in_port: unknown port 'veth9'"
+    );
+    assert_eq!(
+        p.flow("actions=veth9").unwrap_err().to_string(),
+        "column 9, unknown action 'veth9'"
+    );
+    let g = p.group("group_id=1,type=all,bucket=output:veth0").unwrap();
+    assert_eq!(g.buckets[0].actions, vec![Action::Output(1)]);
+    // Without a resolver, names are errors.
+    assert_eq!(
+        err("in_port=veth0 actions=drop"),
+        "column 9, field in_port: 'veth0' is not a port number or a reserved port name (LOCAL, IN_PORT, ...)"
+    );
+    assert_eq!(format!("{p:?}"), "Parser { port_names: true }");
+}

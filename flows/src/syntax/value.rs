@@ -88,7 +88,7 @@ const PORT_NAMES: [(&str, PortNo); 8] = [
     ("ALL", port::ALL),
     ("CONTROLLER", port::CONTROLLER),
     ("LOCAL", port::LOCAL),
-    ("NONE", port::NONE),
+    ("ANY", port::NONE),
 ];
 
 /// The reserved name of `p`, if it has one.
@@ -96,12 +96,27 @@ pub(crate) fn port_name(p: PortNo) -> Option<&'static str> {
     PORT_NAMES.iter().find(|(_, n)| *n == p).map(|(s, _)| *s)
 }
 
+/// Resolves a port name (`veth0`) to its number, for [`Parser`](super::Parser).
+pub type PortNames<'a> = &'a dyn Fn(&str) -> Option<PortNo>;
+
+/// Parses a port: a number (0..=65535), a reserved name (any case), or a
+/// name that `names` knows.
+pub(crate) fn parse_port_with(s: &str, names: Option<PortNames<'_>>) -> Result<PortNo, String> {
+    match (parse_port(s), names) {
+        (Ok(p), _) => Ok(p),
+        (Err(_), Some(f)) if !s.starts_with(|c: char| c.is_ascii_digit()) => {
+            f(s).ok_or_else(|| format!("unknown port '{s}'"))
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
 /// Parses a port: a number (0..=65535) or a reserved name (any case).
 pub(crate) fn parse_port(s: &str) -> Result<PortNo, String> {
     if let Some((_, p)) = PORT_NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)) {
         return Ok(*p);
     }
-    if s.eq_ignore_ascii_case("ANY") {
+    if s.eq_ignore_ascii_case("NONE") {
         return Ok(port::NONE);
     }
     if s.starts_with(|c: char| c.is_ascii_digit()) {
@@ -237,7 +252,11 @@ pub(crate) fn maskable(f: Field) -> bool {
 
 /// Parses `VALUE[/MASK]` for `field`. The mask is `None` when absent.
 /// Does not apply the `dl_vlan`/`nw_tos` special cases (see the match parser).
-pub(crate) fn parse_field_value(field: Field, s: &str) -> Result<(u64, Option<u64>), String> {
+pub(crate) fn parse_field_value(
+    field: Field,
+    s: &str,
+    names: Option<PortNames<'_>>,
+) -> Result<(u64, Option<u64>), String> {
     if s.is_empty() {
         return Err("missing value".into());
     }
@@ -257,7 +276,7 @@ pub(crate) fn parse_field_value(field: Field, s: &str) -> Result<(u64, Option<u6
     let value = match field.format() {
         ValueFormat::Mac => mac_to_u64(parse_mac(v)?),
         ValueFormat::Ipv4 => u32::from(parse_ip(v)?) as u64,
-        _ if field == Field::InPort => parse_port(v)? as u64,
+        _ if field == Field::InPort => parse_port_with(v, names)? as u64,
         ValueFormat::Decimal => parse_width(v, width, true)?,
         _ => parse_width(v, width, false)?,
     };
@@ -370,15 +389,15 @@ mod tests {
         assert!(parse_mac("00:11:22:33:44:55:66").is_err());
         assert!(parse_mac("00:11:22:33:44:5g").is_err());
         assert_eq!(
-            parse_field_value(Field::NwSrc, "10.1.2.3/8"),
+            parse_field_value(Field::NwSrc, "10.1.2.3/8", None),
             Ok((0x0a01_0203, Some(0xff00_0000)))
         );
         assert_eq!(
-            parse_field_value(Field::NwSrc, "10.1.2.3/255.0.255.0"),
+            parse_field_value(Field::NwSrc, "10.1.2.3/255.0.255.0", None),
             Ok((0x0a01_0203, Some(0xff00_ff00)))
         );
-        assert!(parse_field_value(Field::NwSrc, "10.1.2.3/33").is_err());
-        assert!(parse_field_value(Field::NwSrc, "10.1.2").is_err());
+        assert!(parse_field_value(Field::NwSrc, "10.1.2.3/33", None).is_err());
+        assert!(parse_field_value(Field::NwSrc, "10.1.2", None).is_err());
         let mut s = String::new();
         fmt_field_value(&mut s, Field::NwSrc, 0x0a00_0000, 0xff00_ff00);
         assert_eq!(s, "10.0.0.0/255.0.255.0");
