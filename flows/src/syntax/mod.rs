@@ -277,7 +277,9 @@ fn apply_field(
         }
         Ok(())
     };
-    if packet {
+    // ct_state's `+trk-new` and `0x100/0xffff` forms are fine in a packet:
+    // only the value counts.
+    if packet && field != Field::CtState {
         no_mask("masks are not allowed in a packet description")?;
     }
     let cfi = VLAN_CFI as u64;
@@ -959,6 +961,70 @@ pub fn format_flow_spec(spec: &FlowSpec) -> String {
     s.push_str("actions=");
     actions::fmt_actions(&mut s, &spec.actions);
     s
+}
+
+/// Formats a packet's flow key the way `ofproto/trace` shows a flow
+/// (`tcp,in_port=1,vlan_tci=0x0000,dl_src=..,dl_dst=..,nw_src=..,...`):
+/// the L2 fields always, L3/L4 fields when the ethertype/protocol has them,
+/// metadata (registers, tunnel, conntrack) only when not zero.
+/// [`parse_packet`] reads it back (the ECN bits of `nw_tos` are not shown).
+pub fn format_packet(k: &FlowKey) -> String {
+    let mut m = Match {
+        key: *k,
+        mask: FlowKey::ZERO,
+    };
+    let mut pin = |f: Field, mask: u64| {
+        if mask != 0 {
+            m.mask.set(f, mask);
+        }
+    };
+    let nz = |f: Field| if k.get(f) != 0 { u64::MAX } else { 0 };
+    pin(Field::RecircId, nz(Field::RecircId));
+    pin(
+        Field::CtState,
+        if k.get(Field::CtState) & !0xff != 0 {
+            u64::MAX
+        } else {
+            nz(Field::CtState) & 0xff
+        },
+    );
+    pin(Field::CtZone, nz(Field::CtZone));
+    for r in 0..8 {
+        pin(Field::Reg(r), nz(Field::Reg(r)));
+    }
+    for f in [Field::TunId, Field::TunSrc, Field::TunDst, Field::Metadata] {
+        pin(f, nz(f));
+    }
+    for f in [
+        Field::InPort,
+        Field::VlanTci,
+        Field::DlSrc,
+        Field::DlDst,
+        Field::DlType,
+    ] {
+        pin(f, u64::MAX);
+    }
+    let dl = k.get(Field::DlType);
+    let proto = k.get(Field::NwProto);
+    if dl == ethertype::IPV4 as u64 {
+        pin(Field::NwSrc, u64::MAX);
+        pin(Field::NwDst, u64::MAX);
+        pin(Field::NwProto, u64::MAX);
+        pin(Field::NwTos, 0xfc);
+        if [ipproto::TCP, ipproto::UDP, ipproto::SCTP, ipproto::ICMP]
+            .iter()
+            .any(|p| *p as u64 == proto)
+        {
+            pin(Field::TpSrc, u64::MAX);
+            pin(Field::TpDst, u64::MAX);
+        }
+    } else if dl == ethertype::ARP as u64 {
+        pin(Field::NwSrc, u64::MAX);
+        pin(Field::NwDst, u64::MAX);
+        pin(Field::NwProto, u64::MAX);
+    }
+    m.key = k.masked(&m.mask);
+    format_match(&m, DEFAULT_PRIORITY)
 }
 
 /// `ofp_print_duration`: whole seconds, or 3 decimals for milliseconds.

@@ -1068,8 +1068,40 @@ fn arb_spec() -> impl Strategy<Value = FlowSpec> {
         )
 }
 
+#[test]
+fn packet_printing() {
+    let text = "in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=80,dl_vlan=10";
+    let k = parse_packet(text).unwrap();
+    assert_eq!(
+        format_packet(&k),
+        "tcp,in_port=1,dl_vlan=10,dl_vlan_pcp=0,dl_src=00:00:00:00:00:00,dl_dst=00:00:00:00:00:00,\
+         nw_src=10.0.0.1,nw_dst=10.0.0.2,nw_tos=0,tp_src=0,tp_dst=80"
+    );
+    assert_eq!(parse_packet(&format_packet(&k)).unwrap(), k);
+    let k = parse_packet("arp,arp_op=1,reg3=0x5,ct_state=trk|new").unwrap();
+    assert_eq!(
+        format_packet(&k),
+        "ct_state=new|trk,arp,reg3=0x5,in_port=0,vlan_tci=0x0000,dl_src=00:00:00:00:00:00,\
+         dl_dst=00:00:00:00:00:00,arp_spa=0.0.0.0,arp_tpa=0.0.0.0,arp_op=1"
+    );
+    assert_eq!(parse_packet(&format_packet(&k)).unwrap(), k);
+    assert_eq!(
+        format_packet(&FlowKey::ZERO),
+        "in_port=0,vlan_tci=0x0000,dl_src=00:00:00:00:00:00,dl_dst=00:00:00:00:00:00,dl_type=0x0000"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn packet_roundtrip(m in arb_match()) {
+        // Any valid match's key is a packet; tos ECN bits are zero there.
+        let k = m.key;
+        let text = format_packet(&k);
+        let back = parse_packet(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+        prop_assert_eq!(back, k, "text: {}", text);
+    }
 
     #[test]
     fn flow_roundtrip(spec in arb_spec()) {
