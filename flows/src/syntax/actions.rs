@@ -413,7 +413,7 @@ fn parse_action(
             ))
         }
         other if UNSUPPORTED.contains(&other) => {
-            return Err(aerr(item, "is not supported by ferrovs".into()))
+            return Err(aerr(item, "not supported by ferrovs".into()))
         }
         _ => {
             if let Ok(p) = src.port(name) {

@@ -261,6 +261,72 @@ const SHORTHANDS: [(&str, u16, Option<u8>); 7] = [
     ("sctp", ethertype::IPV4, Some(ipproto::SCTP)),
 ];
 
+/// OVS match fields and shorthands that ferrovs does not implement (so the
+/// error says "not supported" rather than "unknown").
+const UNSUPPORTED_FIELDS: &[&str] = &[
+    "ipv6_src",
+    "ipv6_dst",
+    "ipv6_label",
+    "nd_target",
+    "nd_sll",
+    "nd_tll",
+    "tcp6",
+    "udp6",
+    "sctp6",
+    "icmp6",
+    "icmpv6_type",
+    "icmpv6_code",
+    "rarp",
+    "mpls",
+    "mplsm",
+    "mpls_label",
+    "mpls_tc",
+    "mpls_bos",
+    "mpls_ttl",
+    "igmp",
+    "nw_ttl",
+    "nw_ecn",
+    "ip_ecn",
+    "ip_dscp",
+    "nw_frag",
+    "ip_frag",
+    "tcp_flags",
+    "arp_sha",
+    "arp_tha",
+    "ct_mark",
+    "ct_label",
+    "ct_nw_src",
+    "ct_nw_dst",
+    "ct_nw_proto",
+    "ct_tp_src",
+    "ct_tp_dst",
+    "pkt_mark",
+    "skb_priority",
+    "dp_hash",
+    "conj_id",
+    "actset_output",
+    "packet_type",
+    "tun_flags",
+    "tun_gbp_id",
+    "tun_gbp_flags",
+    "tun_tos",
+    "tun_ttl",
+    "tun_ipv6_src",
+    "tun_ipv6_dst",
+    "dl_vlan1",
+    "vlan_tci1",
+    "xreg0",
+    "xxreg0",
+    "reg8",
+    "reg9",
+    "reg10",
+    "reg11",
+    "reg12",
+    "reg13",
+    "reg14",
+    "reg15",
+];
+
 /// Applies `key=value` for a match field to `m`.
 fn apply_field(
     src: Src<'_>,
@@ -426,7 +492,7 @@ fn parse_common(
             "importance" | "send_flow_rem" | "check_overlap" | "reset_counts"
             | "no_packet_counts" | "no_byte_counts" | "out_group" | "duration" | "n_packets"
             | "n_bytes" | "idle_age" | "hard_age" => {
-                return Err(src.field_err(key, key, "is not supported by ferrovs"));
+                return Err(src.field_err(key, key, "not supported by ferrovs"));
             }
             _ => {
                 if let Some((_, dl, proto)) = SHORTHANDS.iter().find(|(n, _, _)| *n == key) {
@@ -440,6 +506,9 @@ fn parse_common(
                     continue;
                 }
                 let Some(field) = Field::from_name(key) else {
+                    if UNSUPPORTED_FIELDS.contains(&key) {
+                        return Err(src.field_err(key, key, "not supported by ferrovs"));
+                    }
                     return Err(src.err(key, SyntaxErrorKind::UnknownField(key.to_string())));
                 };
                 let v = val()?;
@@ -687,7 +756,7 @@ fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, S
                 }
             }
             "selection_method" | "selection_method_param" | "fields" => {
-                return Err(src.field_err(key, key, "is not supported by ferrovs"))
+                return Err(src.field_err(key, key, "not supported by ferrovs"))
             }
             _ => return Err(src.err(key, SyntaxErrorKind::UnknownField(key.to_string()))),
         }
@@ -769,7 +838,7 @@ fn parse_bucket(
                     parse_max(v, 0xffff_ff00).map_err(|e| src.field_err(v, "bucket_id", e))? as u32;
             }
             "watch_port" | "watch_group" => {
-                return Err(src.field_err(item, k, "is not supported by ferrovs"));
+                return Err(src.field_err(item, k, "not supported by ferrovs"));
             }
             _ => acts.push(item),
         }

@@ -285,6 +285,10 @@ fn error_messages() {
     );
     assert_eq!(err("foo=1 actions=drop"), "column 1, unknown field 'foo'");
     assert_eq!(
+        err("ip,ct_mark=1 actions=drop"),
+        "column 4, field ct_mark: not supported by ferrovs"
+    );
+    assert_eq!(
         err("ip actions=frobnicate"),
         "column 12, unknown action 'frobnicate'"
     );
@@ -360,7 +364,7 @@ fn error_messages() {
     );
     assert_eq!(
         err("actions=learn(table=1)"),
-        "column 9, action learn: is not supported by ferrovs"
+        "column 9, action learn: not supported by ferrovs"
     );
     assert_eq!(
         err("ip actions=ct(nat(src=10.0.0.9-10.0.0.1))"),
