@@ -80,9 +80,10 @@ impl Match {
                     matches!(dl_type, Some(t) if t == ethertype::IPV4 as u64 || t == ethertype::ARP as u64)
                 }
                 Prereq::Arp => dl_type == Some(ethertype::ARP as u64),
+                // `tp_src`/`tp_dst` also hold `icmp_type`/`icmp_code`.
                 Prereq::TcpUdpSctp => {
                     dl_type == Some(ethertype::IPV4 as u64)
-                        && matches!(proto, Some(p) if p == ipproto::TCP as u64 || p == ipproto::UDP as u64 || p == ipproto::SCTP as u64)
+                        && matches!(proto, Some(p) if p == ipproto::TCP as u64 || p == ipproto::UDP as u64 || p == ipproto::SCTP as u64 || p == ipproto::ICMP as u64)
                 }
                 Prereq::Icmp => {
                     dl_type == Some(ethertype::IPV4 as u64) && proto == Some(ipproto::ICMP as u64)
@@ -139,6 +140,9 @@ mod tests {
         );
         m.set(Field::DlType, 0x0800);
         m.set(Field::NwProto, 6);
+        assert_eq!(m.check_prerequisites(), Ok(()));
+        // icmp_type/icmp_code live in the tp_src/tp_dst bits.
+        m.set(Field::NwProto, 1);
         assert_eq!(m.check_prerequisites(), Ok(()));
     }
 }

@@ -31,4 +31,6 @@ pub mod flow_match;
 pub mod key;
 pub mod mac_learning;
 pub mod pipeline;
+pub mod syntax;
+pub mod trace;
 pub mod xlate;

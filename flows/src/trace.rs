@@ -7,9 +7,7 @@ use std::fmt::Write;
 
 use crate::field::Field;
 use crate::key::{ct_state, FlowKey};
-use crate::field::{ethertype, ipproto};
-use crate::flow_match::Match;
-use crate::syntax::{format_actions, format_match};
+use crate::syntax::{format_actions, format_match, format_packet};
 use crate::xlate::{DpAction, TraceEvent, XlateDrop, Xlation};
 
 /// Formats a datapath action list the way OVS prints `Datapath actions:`.
@@ -63,47 +61,6 @@ fn format_dp_action(a: &DpAction) -> String {
             s
         }
     }
-}
-
-/// A packet's key written as an exact match (the `Flow:` line).
-pub fn format_packet(key: &FlowKey) -> String {
-    let mut m = Match::ANY;
-    let mut pin = |f: Field| m.set(f, key.get(f));
-    for f in [
-        Field::RecircId,
-        Field::CtState,
-        Field::CtZone,
-        Field::TunId,
-        Field::TunSrc,
-        Field::TunDst,
-        Field::Metadata,
-    ]
-    .into_iter()
-    .chain((0..8).map(Field::Reg))
-    {
-        if key.get(f) != 0 {
-            pin(f);
-        }
-    }
-    for f in [Field::InPort, Field::VlanTci, Field::DlSrc, Field::DlDst, Field::DlType] {
-        pin(f);
-    }
-    let dl_type = key.get(Field::DlType) as u16;
-    if dl_type == ethertype::IPV4 {
-        for f in [Field::NwSrc, Field::NwDst, Field::NwProto, Field::NwTos] {
-            pin(f);
-        }
-        let proto = key.get(Field::NwProto) as u8;
-        if [ipproto::TCP, ipproto::UDP, ipproto::SCTP, ipproto::ICMP].contains(&proto) {
-            pin(Field::TpSrc);
-            pin(Field::TpDst);
-        }
-    } else if dl_type == ethertype::ARP {
-        for f in [Field::ArpOp, Field::ArpSpa, Field::ArpTpa] {
-            pin(f);
-        }
-    }
-    format_match(&m, crate::pipeline::DEFAULT_PRIORITY)
 }
 
 fn ct_text(v: u64) -> String {
