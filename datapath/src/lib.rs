@@ -7,4 +7,6 @@
 //! and UMEM handling with its `unsafe` lives in [`xsk`] alone.
 #![warn(missing_docs)]
 
+pub mod drop;
+pub mod extract;
 pub mod port;
