@@ -9,4 +9,5 @@
 
 pub mod drop;
 pub mod extract;
+pub mod packet;
 pub mod port;
