@@ -11,3 +11,4 @@ pub mod drop;
 pub mod extract;
 pub mod packet;
 pub mod port;
+pub mod vxlan;
