@@ -8,5 +8,13 @@
 #![warn(missing_docs)]
 
 pub mod conntrack;
+pub mod drop;
+pub mod emc;
+pub mod extract;
+pub mod packet;
 pub mod port;
+pub mod switch;
+pub mod tunnel;
+pub mod vxlan;
+pub mod worker;
 pub mod xsk;

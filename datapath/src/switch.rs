@@ -126,7 +126,6 @@ pub enum PortRole {
 }
 
 /// One port as published to the poll threads.
-#[derive(Debug)]
 pub struct PortState {
     /// Port number (OpenFlow number, or ≥ [`UNDERLAY_BASE`] for underlays).
     pub no: PortNo,
@@ -140,6 +139,17 @@ pub struct PortState {
     pub tx: Option<Mutex<Box<dyn PortTx>>>,
     /// Counters.
     pub counters: PortCounters,
+}
+
+impl std::fmt::Debug for PortState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortState")
+            .field("no", &self.no)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("role", &self.role)
+            .finish()
+    }
 }
 
 /// All ports, sorted by number.

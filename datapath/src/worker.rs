@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam::channel::Receiver;
-use flows::action::{NatKind, PortNo};
+use flows::action::PortNo;
 use flows::field::{ethertype, ipproto, Field};
 use flows::key::FlowKey;
 use flows::pipeline::Pipeline;
@@ -299,18 +299,8 @@ impl Engine {
                 };
                 return self.drop_pkt(r);
             }
-            let mut vlan_changed = false;
             let mut tun = (0u64, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
             for a in actions.iter() {
-                if vlan_changed {
-                    // Offsets moved: re-read the layout (the key's header
-                    // words are rewritten from the packet, metadata kept).
-                    match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, &mut key) {
-                        Ok(l) => layout = l,
-                        Err(r) => return self.drop_pkt(r),
-                    }
-                    vlan_changed = false;
-                }
                 match a {
                     DpAction::Output(p) => self.output(*p, pkt, &key, tun),
                     DpAction::SetField(f, v) => {
@@ -322,25 +312,22 @@ impl Engine {
                         }
                         pkt.start -= 4;
                         pkt.len += 4;
-                        packet::push_vlan_front(pkt.bytes_mut(), *tci);
-                        vlan_changed = true;
+                        packet::push_vlan_front(pkt.bytes_mut(), &mut layout, *tci);
                     }
                     DpAction::PopVlan => {
-                        if layout.vlan {
-                            let b = pkt.bytes_mut();
-                            b.copy_within(0..12, 4);
+                        if packet::pop_vlan_front(pkt.bytes_mut(), &mut layout) {
                             if pkt.in_scratch {
                                 pkt.start += 4;
-                                pkt.len -= 4;
                             } else {
                                 let rx = std::mem::take(&mut pkt.rx);
                                 pkt.rx = &mut rx[4..];
-                                pkt.len -= 4;
                             }
-                            vlan_changed = true;
+                            pkt.len -= 4;
                         }
                     }
-                    DpAction::SetVlan(tci) => packet::set_vlan_tci(pkt.bytes_mut(), *tci),
+                    DpAction::SetVlan(tci) => {
+                        packet::set_vlan_tci(pkt.bytes_mut(), &layout, *tci);
+                    }
                     DpAction::SetTunnel { id, src, dst } => tun = (*id, *src, *dst),
                     DpAction::DecTtl => {
                         if !packet::dec_ttl(pkt.bytes_mut(), &layout) {
@@ -590,7 +577,7 @@ fn ct_input(key: &FlowKey, layout: &Layout, frame: &[u8], args: &flows::action::
     let mut related_inner = None;
     if proto == ipproto::ICMP {
         icmp = (sport as u8, dport as u8);
-        let l4 = layout.l4_offset? as usize;
+        let l4 = layout.l4? as usize;
         match icmp.0 {
             0 | 8 => {
                 let id = frame.get(l4 + 4..l4 + 6)?;
@@ -614,7 +601,6 @@ fn ct_input(key: &FlowKey, layout: &Layout, frame: &[u8], args: &flows::action::
             }
         }
     }
-    let _ = NatKind::Src;
     Some(CtInput {
         tuple: Tuple {
             src,
@@ -634,6 +620,7 @@ fn ct_input(key: &FlowKey, layout: &Layout, frame: &[u8], args: &flows::action::
 }
 
 /// The poll thread proper.
+#[allow(missing_debug_implementations)]
 pub struct Worker {
     rx: Vec<RxPort>,
     eng: Engine,
