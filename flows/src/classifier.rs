@@ -87,18 +87,25 @@ impl Shape {
         h
     }
 
-    /// Masks the touched words of `pkt` into `out[..n]` and returns their
-    /// hash (equal to [`hash_masked`](Self::hash_masked) of the masked key).
+    /// Hash of the touched words of `pkt` after masking (equal to
+    /// [`hash_masked`](Self::hash_masked) of `pkt.masked(mask)`).
     #[inline(always)]
-    fn mask_and_hash(&self, pkt: &FlowKey, out: &mut [u64; KEY_WORDS]) -> u64 {
+    fn hash_packet(&self, pkt: &FlowKey) -> u64 {
         let mut h = SEED;
-        let used = self.idx[..self.n].iter().zip(&self.mw[..self.n]);
-        for (o, (&i, &m)) in out.iter_mut().zip(used) {
-            let v = pkt.w[i] & m;
-            *o = v;
-            h = mix(h, v);
+        for (&i, &m) in self.idx[..self.n].iter().zip(&self.mw[..self.n]) {
+            h = mix(h, pkt.w[i] & m);
         }
         h
+    }
+
+    /// True if `pkt` masked equals the (masked) rule key `key`, comparing
+    /// only the touched words.
+    #[inline(always)]
+    fn packet_eq(&self, pkt: &FlowKey, key: &FlowKey) -> bool {
+        self.idx[..self.n]
+            .iter()
+            .zip(&self.mw[..self.n])
+            .all(|(&i, &m)| pkt.w[i] & m == key.w[i])
     }
 }
 
@@ -273,14 +280,10 @@ impl<T> Subtable<T> {
     #[inline(always)]
     fn find(&self, pkt: &FlowKey) -> Option<&Bucket<T>> {
         let shape = &self.shape;
-        let mut vals = [0u64; KEY_WORDS];
-        let hash = shape.mask_and_hash(pkt, &mut vals);
-        self.table.find(hash, |b| {
-            shape.idx[..shape.n]
-                .iter()
-                .zip(&vals[..shape.n])
-                .all(|(&i, &v)| b.m.key.w[i] == v)
-        })
+        let hash = shape.hash_packet(pkt);
+        // Only runs on a 7-bit tag match, so re-masking here is cheaper
+        // than buffering the masked words.
+        self.table.find(hash, |b| shape.packet_eq(pkt, &b.m.key))
     }
 }
 
