@@ -6,7 +6,7 @@
 //! simplified (no staged lookup, no prefix tries, no RCU versions):
 //!
 //! - Every rule is a `(Match, priority)`. All rules with the same mask live
-//!   in one [`Subtable`], keyed by their (already masked) match key.
+//!   in one subtable, keyed by their (already masked) match key.
 //! - A subtable records which of the [`KEY_WORDS`] words its mask touches;
 //!   a lookup masks, hashes and compares only those words of the packet's
 //!   key. A packet can match at most one hash entry per subtable.
@@ -55,7 +55,7 @@ struct Shape {
     /// Number of used entries in `idx` / `mw`.
     n: usize,
     /// Word indices (into [`FlowKey::w`]) where the mask is non-zero.
-    idx: [usize; KEY_WORDS],
+    idx: [u8; KEY_WORDS],
     /// `mask.w[idx[j]]` for `j < n`.
     mw: [u64; KEY_WORDS],
 }
@@ -69,7 +69,7 @@ impl Shape {
         };
         for (i, &m) in mask.w.iter().enumerate() {
             if m != 0 {
-                s.idx[s.n] = i;
+                s.idx[s.n] = i as u8; // i < KEY_WORDS
                 s.mw[s.n] = m;
                 s.n += 1;
             }
@@ -82,7 +82,7 @@ impl Shape {
     fn hash_masked(&self, key: &FlowKey) -> u64 {
         let mut h = SEED;
         for &i in &self.idx[..self.n] {
-            h = mix(h, key.w[i]);
+            h = mix(h, key.w[usize::from(i)]);
         }
         h
     }
@@ -93,7 +93,7 @@ impl Shape {
     fn hash_packet(&self, pkt: &FlowKey) -> u64 {
         let mut h = SEED;
         for (&i, &m) in self.idx[..self.n].iter().zip(&self.mw[..self.n]) {
-            h = mix(h, pkt.w[i] & m);
+            h = mix(h, pkt.w[usize::from(i)] & m);
         }
         h
     }
@@ -105,7 +105,7 @@ impl Shape {
         self.idx[..self.n]
             .iter()
             .zip(&self.mw[..self.n])
-            .all(|(&i, &m)| pkt.w[i] & m == key.w[i])
+            .all(|(&i, &m)| pkt.w[usize::from(i)] & m == key.w[usize::from(i)])
     }
 }
 
@@ -153,11 +153,15 @@ impl<T> Bucket<T> {
 }
 
 /// All rules with one mask.
+///
+/// `repr(C)` keeps the fields a lookup reads (`table`, `shape`) together at
+/// the start, in as few cache lines as possible.
 #[derive(Clone, Debug)]
+#[repr(C)]
 struct Subtable<T> {
-    mask: FlowKey,
-    shape: Shape,
     table: HashTable<Bucket<T>>,
+    shape: Shape,
+    mask: FlowKey,
     /// Number of rules (not buckets) per priority; the last key is the
     /// subtable's maximum priority.
     prios: BTreeMap<u16, u32>,
