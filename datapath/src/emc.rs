@@ -196,9 +196,22 @@ mod tests {
             flows: vec![stats.clone()],
             ..Xlation::default()
         };
-        emc.insert(&k, h, Arc::new(CachedFlow { x, version: 1, mac_gen: 0 }), 60, 0);
+        emc.insert(
+            &k,
+            h,
+            Arc::new(CachedFlow {
+                x,
+                version: 1,
+                mac_gen: 0,
+            }),
+            60,
+            0,
+        );
         assert!(emc.lookup(&k, h, 1, 0, 60).is_some());
-        assert!(emc.lookup(&k, h, 2, 0, 60).is_none(), "new version invalidates");
+        assert!(
+            emc.lookup(&k, h, 2, 0, 60).is_none(),
+            "new version invalidates"
+        );
         emc.flush_stats(5);
         assert_eq!(stats.n_packets.load(Ordering::Relaxed), 2);
         assert_eq!(stats.n_bytes.load(Ordering::Relaxed), 120);

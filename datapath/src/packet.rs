@@ -364,7 +364,8 @@ pub fn set_icmp_id(frame: &mut [u8], layout: &Layout, id: u16) -> bool {
     let (Some(old), Some(csum)) = (rd16(frame, l4 + 4), rd16(frame, l4 + 2)) else {
         return false;
     };
-    wr16(frame, l4 + 4, id).is_some() && wr16(frame, l4 + 2, checksum_replace16(csum, old, id)).is_some()
+    wr16(frame, l4 + 4, id).is_some()
+        && wr16(frame, l4 + 2, checksum_replace16(csum, old, id)).is_some()
 }
 
 /// The 5-tuple of the IPv4 header embedded in an ICMP error whose ICMP

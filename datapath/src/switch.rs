@@ -302,7 +302,9 @@ impl Switch {
             mac_gen: AtomicU64::new(0),
             ct: Mutex::new(ConnTrack::new(Default::default())),
             neigh: ArcSwap::from_pointee(HashMap::new()),
-            threads: (0..n).map(|_| CachePadded::new(ThreadStats::default())).collect(),
+            threads: (0..n)
+                .map(|_| CachePadded::new(ThreadStats::default()))
+                .collect(),
             stop: AtomicBool::new(false),
             epoch: Instant::now(),
         });
@@ -403,7 +405,12 @@ impl Switch {
     }
 
     /// Adds a port with OpenFlow number `no`.
-    pub fn add_port(&self, no: PortNo, port: Box<dyn Port>, vlan: VlanMode) -> Result<(), SwitchError> {
+    pub fn add_port(
+        &self,
+        no: PortNo,
+        port: Box<dyn Port>,
+        vlan: VlanMode,
+    ) -> Result<(), SwitchError> {
         let _g = lock(&self.edit);
         self.check_new_port(no, port.name())?;
         let name = port.name().to_string();
@@ -486,7 +493,11 @@ impl Switch {
     pub fn del_port(&self, name: &str) -> Result<(), SwitchError> {
         let _g = lock(&self.edit);
         let pt = self.shared.ports.load_full();
-        let Some(p) = pt.ports.iter().find(|p| p.name == name && p.no < UNDERLAY_BASE) else {
+        let Some(p) = pt
+            .ports
+            .iter()
+            .find(|p| p.name == name && p.no < UNDERLAY_BASE)
+        else {
             return Err(SwitchError::NoSuchPort(name.to_string()));
         };
         let no = p.no;
@@ -514,7 +525,12 @@ impl Switch {
             .collect();
         self.shared.ports.store(Arc::new(PortTable { ports }));
         let mut next = (*self.shared.pipeline.load_full()).clone();
-        let infos: Vec<PortInfo> = next.ports().iter().filter(|i| i.no != no).cloned().collect();
+        let infos: Vec<PortInfo> = next
+            .ports()
+            .iter()
+            .filter(|i| i.no != no)
+            .cloned()
+            .collect();
         next.set_ports(infos);
         self.shared.pipeline.store(Arc::new(next));
         let mut m = lock(&self.shared.macs);

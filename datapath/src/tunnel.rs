@@ -31,7 +31,12 @@ pub fn learn_neighbour(shared: &Shared, ip: Ipv4Addr, mac: [u8; 6]) {
 /// Looks at an ARP frame on an underlay port: learns the sender, and if it
 /// is a request for `local_ip`, rewrites `frame` in place into the reply
 /// and returns true (the caller sends it back out of the same port).
-pub fn handle_arp(shared: &Shared, frame: &mut [u8], local_ip: Ipv4Addr, local_mac: [u8; 6]) -> bool {
+pub fn handle_arp(
+    shared: &Shared,
+    frame: &mut [u8],
+    local_ip: Ipv4Addr,
+    local_mac: [u8; 6],
+) -> bool {
     let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
         return false;
     };
@@ -123,7 +128,12 @@ mod tests {
         let sw = crate::switch::Switch::start(&Default::default()).unwrap();
         let shared = sw.shared().clone();
         let mine = [2, 0, 0, 0, 0, 1];
-        assert!(handle_arp(&shared, &mut buf[..n], Ipv4Addr::new(192, 168, 50, 1), mine));
+        assert!(handle_arp(
+            &shared,
+            &mut buf[..n],
+            Ipv4Addr::new(192, 168, 50, 1),
+            mine
+        ));
         assert_eq!(&buf[0..6], &[2, 0, 0, 0, 0, 2]);
         assert_eq!(&buf[6..12], &mine);
         assert_eq!(&buf[20..22], &[0x00, 0x02]);
@@ -133,6 +143,11 @@ mod tests {
         );
         // Not for us: learned but not answered.
         let n = build_arp(&mut buf, [0xff; 6], [2, 0, 0, 0, 0, 3], &req);
-        assert!(!handle_arp(&shared, &mut buf[..n], Ipv4Addr::new(192, 168, 50, 9), mine));
+        assert!(!handle_arp(
+            &shared,
+            &mut buf[..n],
+            Ipv4Addr::new(192, 168, 50, 9),
+            mine
+        ));
     }
 }

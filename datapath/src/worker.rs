@@ -133,7 +133,7 @@ impl Pkt<'_> {
         }
     }
     /// Moves the frame to scratch space with [`HEADROOM`] in front.
-    fn to_scratch(&mut self) -> bool {
+    fn move_to_scratch(&mut self) -> bool {
         if self.in_scratch {
             return true;
         }
@@ -180,7 +180,8 @@ impl Engine {
             self.ports = arc_swap::Guard::into_inner(pt);
         }
         if self.stage.len() != self.ports.ports.len() {
-            self.stage.resize_with(self.ports.ports.len(), StageQ::default);
+            self.stage
+                .resize_with(self.ports.ports.len(), StageQ::default);
         }
         self.mac_gen = self.shared.mac_gen.load(Ordering::Acquire);
         self.now_ms = self.shared.now_ms();
@@ -233,7 +234,7 @@ impl Engine {
         local_ip: Ipv4Addr,
         local_mac: [u8; 6],
         udp_port: u16,
-    key: &mut FlowKey,
+        key: &mut FlowKey,
     ) -> Option<PortNo> {
         if let Some(d) = crate::vxlan::decap(pkt.bytes(), local_ip, udp_port) {
             tunnel::learn_neighbour(&self.shared, d.outer_src, d.outer_src_mac);
@@ -281,7 +282,10 @@ impl Engine {
         'recirc: loop {
             let hash = key_hash(&key);
             let bytes = pkt.len as u64;
-            let flow = match self.emc.lookup(&key, hash, self.pipeline.version, self.mac_gen, bytes) {
+            let flow = match self
+                .emc
+                .lookup(&key, hash, self.pipeline.version, self.mac_gen, bytes)
+            {
                 Some(f) => f,
                 None => {
                     let f = self.upcall(&key);
@@ -307,7 +311,7 @@ impl Engine {
                         packet::set_field(pkt.bytes_mut(), &layout, *f, *v);
                     }
                     DpAction::PushVlan(tci) => {
-                        if !pkt.to_scratch() || pkt.start < 4 {
+                        if !pkt.move_to_scratch() || pkt.start < 4 {
                             return self.drop_pkt(DropReason::TooBig);
                         }
                         pkt.start -= 4;
@@ -559,7 +563,9 @@ impl Engine {
     /// The staged frames for port `no` (benchmarks and tests that drive
     /// an engine by hand); clears them.
     pub fn take_staged(&mut self, no: PortNo) -> usize {
-        let Some(i) = self.ports.index(no) else { return 0 };
+        let Some(i) = self.ports.index(no) else {
+            return 0;
+        };
         let n = self.stage[i].frames.len();
         self.stage[i].frames.clear();
         self.stage[i].data.clear();
@@ -568,7 +574,12 @@ impl Engine {
 }
 
 /// Builds the conntrack input from the key and packet.
-fn ct_input(key: &FlowKey, layout: &Layout, frame: &[u8], args: &flows::action::CtArgs) -> Option<CtInput> {
+fn ct_input(
+    key: &FlowKey,
+    layout: &Layout,
+    frame: &[u8],
+    args: &flows::action::CtArgs,
+) -> Option<CtInput> {
     let proto = key.get(Field::NwProto) as u8;
     let src = Ipv4Addr::from(key.get(Field::NwSrc) as u32);
     let dst = Ipv4Addr::from(key.get(Field::NwDst) as u32);
@@ -585,13 +596,14 @@ fn ct_input(key: &FlowKey, layout: &Layout, frame: &[u8], args: &flows::action::
                 dport = 0;
             }
             3 | 11 | 12 => {
-                related_inner = packet::icmp_inner_tuple(frame, l4).map(|(s, d, p, sp, dp)| Tuple {
-                    src: s,
-                    dst: d,
-                    proto: p,
-                    sport: sp,
-                    dport: dp,
-                });
+                related_inner =
+                    packet::icmp_inner_tuple(frame, l4).map(|(s, d, p, sp, dp)| Tuple {
+                        src: s,
+                        dst: d,
+                        proto: p,
+                        sport: sp,
+                        dport: dp,
+                    });
                 sport = 0;
                 dport = 0;
             }
@@ -682,8 +694,14 @@ impl Worker {
                 self.eng.process(&r.state, f, &mut self.scratch);
             }
             r.rx.release();
-            r.state.counters.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
-            r.state.counters.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+            r.state
+                .counters
+                .rx_packets
+                .fetch_add(n as u64, Ordering::Relaxed);
+            r.state
+                .counters
+                .rx_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
             self.eng.flush();
             total += n;
         }

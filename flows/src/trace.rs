@@ -94,7 +94,11 @@ pub fn format_trace(bridge: &str, key: &FlowKey, x: &Xlation, t: &crate::xlate::
                         // OVS prints the match without the priority, then
                         // ", priority N, cookie 0xC".
                         let m = strip_priority(&m);
-                        let m = if m.is_empty() { String::new() } else { format!("{m}, ") };
+                        let m = if m.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{m}, ")
+                        };
                         let _ = write!(out, "{ind}{table:>2}. {m}priority {}", e.spec.priority);
                         if e.spec.cookie != 0 {
                             let _ = write!(out, ", cookie {:#x}", e.spec.cookie);
@@ -104,7 +108,11 @@ pub fn format_trace(bridge: &str, key: &FlowKey, x: &Xlation, t: &crate::xlate::
                             let _ = writeln!(out, "{ind}    drop");
                         }
                         for a in &e.spec.actions {
-                            let _ = writeln!(out, "{ind}    {}", format_actions(std::slice::from_ref(a)));
+                            let _ = writeln!(
+                                out,
+                                "{ind}    {}",
+                                format_actions(std::slice::from_ref(a))
+                            );
                         }
                     }
                     None => {
@@ -139,7 +147,10 @@ pub fn format_trace(bridge: &str, key: &FlowKey, x: &Xlation, t: &crate::xlate::
         };
         let _ = writeln!(out, "Drop reason: {why}");
     }
-    if x.actions.iter().any(|a| matches!(a, DpAction::Ct { args, .. } if args.table.is_some())) {
+    if x.actions
+        .iter()
+        .any(|a| matches!(a, DpAction::Ct { args, .. } if args.table.is_some()))
+    {
         let _ = writeln!(
             out,
             "\nThe packet recirculates after conntrack; trace it again with ct_state=... and recirc_id=N to follow it."

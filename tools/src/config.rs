@@ -194,7 +194,9 @@ impl Config {
             });
         }
         let cores = raw.cores.unwrap_or_default();
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         if let Some(c) = cores.iter().find(|c| **c >= ncpu) {
             return Err(ConfigError::Field {
                 path: path.into(),
@@ -254,7 +256,11 @@ pub fn port_from_args(name: &str, args: &[String]) -> Result<PortConfig, String>
         let Some((k, v)) = a.split_once('=') else {
             return Err(format!("port '{name}': argument '{a}' is not key=value"));
         };
-        let k = if k == "options:remote_ip" { "remote_ip" } else { k };
+        let k = if k == "options:remote_ip" {
+            "remote_ip"
+        } else {
+            k
+        };
         let k = k.strip_prefix("options:").unwrap_or(k);
         let val = match k {
             "ofport" | "tag" | "dst_port" => v
@@ -292,7 +298,10 @@ fn port_from_raw(rp: RawPort, path: &str) -> Result<PortConfig, ConfigError> {
         msg,
     };
     if rp.name.is_empty() || rp.name.len() > 15 {
-        return Err(err("name", "must be 1 to 15 characters (an interface name)".into()));
+        return Err(err(
+            "name",
+            "must be 1 to 15 characters (an interface name)".into(),
+        ));
     }
     let ofport = match rp.ofport {
         None => None,
@@ -338,16 +347,23 @@ fn port_from_raw(rp: RawPort, path: &str) -> Result<PortConfig, ConfigError> {
                 .map_err(|_| err("local_ip", format!("'{local_ip}' is not an IPv4 address")))?;
             let remote_ip = match rp.remote_ip.as_deref() {
                 None | Some("flow") => None,
-                Some(s) => Some(
-                    s.parse()
-                        .map_err(|_| err("remote_ip", format!("'{s}' is not an IPv4 address or 'flow'")))?,
-                ),
+                Some(s) => Some(s.parse().map_err(|_| {
+                    err(
+                        "remote_ip",
+                        format!("'{s}' is not an IPv4 address or 'flow'"),
+                    )
+                })?),
             };
             let key = match &rp.key {
                 None => None,
                 Some(toml::Value::String(s)) if s == "flow" => None,
                 Some(toml::Value::Integer(i)) if (0..1 << 24).contains(i) => Some(*i as u64),
-                Some(v) => return Err(err("key", format!("{v} is not a VNI (0..16777215) or 'flow'"))),
+                Some(v) => {
+                    return Err(err(
+                        "key",
+                        format!("{v} is not a VNI (0..16777215) or 'flow'"),
+                    ))
+                }
             };
             let dst_port = match rp.dst_port {
                 None => 4789,
@@ -363,7 +379,10 @@ fn port_from_raw(rp: RawPort, path: &str) -> Result<PortConfig, ConfigError> {
             }
         }
         other => {
-            return Err(err("type", format!("'{other}' is not afxdp, vxlan or memory")));
+            return Err(err(
+                "type",
+                format!("'{other}' is not afxdp, vxlan or memory"),
+            ));
         }
     };
     Ok(PortConfig {
@@ -404,25 +423,41 @@ key = 5000
         assert_eq!(c.bridge, "br1");
         assert_eq!(c.socket, PathBuf::from("/run/ferrovs/br1.sock"));
         assert_eq!(c.ports[0].vlan, VlanMode::Access(10));
-        assert!(matches!(c.ports[1].kind, PortKind::Vxlan { key: Some(5000), dst_port: 4789, .. }));
+        assert!(matches!(
+            c.ports[1].kind,
+            PortKind::Vxlan {
+                key: Some(5000),
+                dst_port: 4789,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn errors_name_file_port_and_field() {
         let e = Config::parse("[[port]]\nname = \"a\"\ntag = 5000\n", "n.toml").unwrap_err();
-        assert_eq!(e.to_string(), "n.toml: port 'a', field tag: 5000 is not a VLAN id (1..=4094)");
+        assert_eq!(
+            e.to_string(),
+            "n.toml: port 'a', field tag: 5000 is not a VLAN id (1..=4094)"
+        );
         let e = Config::parse("bogus = 1\n", "n.toml").unwrap_err();
         assert!(e.to_string().starts_with("n.toml: "), "{e}");
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(e.to_string().contains("line 1"), "{e}");
         let e = Config::parse("[[port]]\nname = \"v\"\ntype = \"vxlan\"\n", "n.toml").unwrap_err();
-        assert_eq!(e.to_string(), "n.toml: port 'v', field underlay: required for type vxlan");
+        assert_eq!(
+            e.to_string(),
+            "n.toml: port 'v', field underlay: required for type vxlan"
+        );
         let e = Config::parse(
             "[[port]]\nname = \"a\"\nofport = 1\n[[port]]\nname = \"b\"\nofport = 1\n",
             "n.toml",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("field ofport: 1 is already used"), "{e}");
+        assert!(
+            e.to_string().contains("field ofport: 1 is already used"),
+            "{e}"
+        );
     }
 
     #[test]

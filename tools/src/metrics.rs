@@ -42,36 +42,104 @@ impl Collector for SwitchCollector {
         let sh = &self.shared;
         let pt = sh.ports.load_full();
         let l = |k: &str, v: String| vec![(k.to_string(), v)];
-        let per_port = |f: fn(&datapath::switch::PortCountersSnapshot) -> u64| -> Vec<(Labels, u64)> {
-            pt.ports
-                .iter()
-                .map(|p| (l("port", p.name.clone()), f(&p.counters.snapshot())))
-                .collect()
-        };
-        counter_family(&mut enc, "ferrovs_port_rx_packets", "Frames received per port", &per_port(|c| c.rx_packets))?;
-        counter_family(&mut enc, "ferrovs_port_rx_bytes", "Bytes received per port", &per_port(|c| c.rx_bytes))?;
-        counter_family(&mut enc, "ferrovs_port_tx_packets", "Frames sent per port", &per_port(|c| c.tx_packets))?;
-        counter_family(&mut enc, "ferrovs_port_tx_bytes", "Bytes sent per port", &per_port(|c| c.tx_bytes))?;
-        counter_family(&mut enc, "ferrovs_port_tx_dropped", "Frames not sent (ring full) per port", &per_port(|c| c.tx_dropped))?;
+        let per_port =
+            |f: fn(&datapath::switch::PortCountersSnapshot) -> u64| -> Vec<(Labels, u64)> {
+                pt.ports
+                    .iter()
+                    .map(|p| (l("port", p.name.clone()), f(&p.counters.snapshot())))
+                    .collect()
+            };
+        counter_family(
+            &mut enc,
+            "ferrovs_port_rx_packets",
+            "Frames received per port",
+            &per_port(|c| c.rx_packets),
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_port_rx_bytes",
+            "Bytes received per port",
+            &per_port(|c| c.rx_bytes),
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_port_tx_packets",
+            "Frames sent per port",
+            &per_port(|c| c.tx_packets),
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_port_tx_bytes",
+            "Bytes sent per port",
+            &per_port(|c| c.tx_bytes),
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_port_tx_dropped",
+            "Frames not sent (ring full) per port",
+            &per_port(|c| c.tx_dropped),
+        )?;
         let sum = |f: fn(&datapath::switch::ThreadStats) -> &std::sync::atomic::AtomicU64| -> u64 {
-            sh.threads.iter().map(|t| f(t).load(Ordering::Relaxed)).sum()
+            sh.threads
+                .iter()
+                .map(|t| f(t).load(Ordering::Relaxed))
+                .sum()
         };
-        counter_family(&mut enc, "ferrovs_flow_cache_hits", "Exact-match cache hits", &[(vec![], sum(|t| &t.emc_hits))])?;
-        counter_family(&mut enc, "ferrovs_flow_cache_misses", "Exact-match cache misses", &[(vec![], sum(|t| &t.emc_misses))])?;
-        counter_family(&mut enc, "ferrovs_upcalls", "Packets translated through the pipeline (slow path)", &[(vec![], sum(|t| &t.upcalls))])?;
-        counter_family(&mut enc, "ferrovs_controller_punts", "Packets sent to 'controller' (counted only)", &[(vec![], sum(|t| &t.controller))])?;
-        counter_family(&mut enc, "ferrovs_packets", "Packets processed by poll threads", &[(vec![], sum(|t| &t.packets))])?;
+        counter_family(
+            &mut enc,
+            "ferrovs_flow_cache_hits",
+            "Exact-match cache hits",
+            &[(vec![], sum(|t| &t.emc_hits))],
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_flow_cache_misses",
+            "Exact-match cache misses",
+            &[(vec![], sum(|t| &t.emc_misses))],
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_upcalls",
+            "Packets translated through the pipeline (slow path)",
+            &[(vec![], sum(|t| &t.upcalls))],
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_controller_punts",
+            "Packets sent to 'controller' (counted only)",
+            &[(vec![], sum(|t| &t.controller))],
+        )?;
+        counter_family(
+            &mut enc,
+            "ferrovs_packets",
+            "Packets processed by poll threads",
+            &[(vec![], sum(|t| &t.packets))],
+        )?;
         let drops: Vec<(Labels, u64)> = DropReason::ALL
             .iter()
             .map(|r| {
-                let n = sh.threads.iter().map(|t| t.drops[*r as usize].load(Ordering::Relaxed)).sum();
+                let n = sh
+                    .threads
+                    .iter()
+                    .map(|t| t.drops[*r as usize].load(Ordering::Relaxed))
+                    .sum();
                 (l("reason", r.name().to_string()), n)
             })
             .collect();
-        counter_family(&mut enc, "ferrovs_drops", "Packets dropped, by reason", &drops)?;
+        counter_family(
+            &mut enc,
+            "ferrovs_drops",
+            "Packets dropped, by reason",
+            &drops,
+        )?;
         let p = sh.pipeline.load_full();
         let g = ConstGauge::new(p.n_flows() as i64);
-        g.encode(enc.encode_descriptor("ferrovs_flows", "Installed flows", None, g.metric_type())?)?;
+        g.encode(enc.encode_descriptor(
+            "ferrovs_flows",
+            "Installed flows",
+            None,
+            g.metric_type(),
+        )?)?;
         Ok(())
     }
 }

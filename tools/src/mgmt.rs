@@ -60,7 +60,9 @@ pub struct Daemon {
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("bridge", &self.bridge).finish()
+        f.debug_struct("Daemon")
+            .field("bridge", &self.bridge)
+            .finish()
     }
 }
 
@@ -123,7 +125,11 @@ impl Daemon {
         let (flags, words): (Vec<&String>, Vec<&String>) =
             rest.iter().partition(|a| a.starts_with("--"));
         let has = |f: &str| flags.iter().any(|x| x.as_str() == f);
-        let arg = words.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+        let arg = words
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         let input = || {
             req.input
                 .clone()
@@ -137,7 +143,8 @@ impl Daemon {
                 };
                 let kv: Vec<String> = kv.iter().map(|s| s.to_string()).collect();
                 let pc = port_from_args(name, &kv)?;
-                self.add_port(&pc).map(|no| format!("added port {name} as ofport {no}\n"))
+                self.add_port(&pc)
+                    .map(|no| format!("added port {name} as ofport {no}\n"))
             }
             "del-port" => {
                 let name = words.first().ok_or("del-port: needs a port name")?;
@@ -149,12 +156,14 @@ impl Daemon {
                 self.apply(&[FlowMod::Add(spec)])
             }
             "add-flows" => {
-                let specs = syntax::parse_flows_file(&input()?).map_err(|e| format!("add-flows: {e}"))?;
+                let specs =
+                    syntax::parse_flows_file(&input()?).map_err(|e| format!("add-flows: {e}"))?;
                 let mods: Vec<FlowMod> = specs.into_iter().map(FlowMod::Add).collect();
                 self.apply(&mods)
             }
             "del-flows" => {
-                let f = syntax::parse_filter(&arg, has("--strict")).map_err(|e| format!("del-flows: {e}"))?;
+                let f = syntax::parse_filter(&arg, has("--strict"))
+                    .map_err(|e| format!("del-flows: {e}"))?;
                 self.apply(&[FlowMod::Delete(f)])
             }
             "mod-flows" => {
@@ -164,20 +173,28 @@ impl Daemon {
                 self.apply(&[FlowMod::Modify { filter, actions }])
             }
             "replace-flows" => {
-                let specs =
-                    syntax::parse_flows_file(&input()?).map_err(|e| format!("replace-flows: {e}"))?;
+                let specs = syntax::parse_flows_file(&input()?)
+                    .map_err(|e| format!("replace-flows: {e}"))?;
                 let cur = self.switch.pipeline();
                 let mut target = Pipeline::new();
-                let groups: Vec<FlowMod> =
-                    cur.groups().map(|g| FlowMod::AddGroup((**g).clone())).collect();
+                let groups: Vec<FlowMod> = cur
+                    .groups()
+                    .map(|g| FlowMod::AddGroup((**g).clone()))
+                    .collect();
                 let mut mods = groups;
                 mods.extend(specs.into_iter().map(FlowMod::Add));
-                target.apply(&mods, 0).map_err(|e| format!("replace-flows: {e}"))?;
+                target
+                    .apply(&mods, 0)
+                    .map_err(|e| format!("replace-flows: {e}"))?;
                 let sum = self.switch.replace(target);
-                Ok(format!("replace-flows: {} added, {} deleted\n", sum.added, sum.deleted))
+                Ok(format!(
+                    "replace-flows: {} added, {} deleted\n",
+                    sum.added, sum.deleted
+                ))
             }
             "dump-flows" => {
-                let f = syntax::parse_filter(&arg, false).map_err(|e| format!("dump-flows: {e}"))?;
+                let f =
+                    syntax::parse_filter(&arg, false).map_err(|e| format!("dump-flows: {e}"))?;
                 Ok(self.dump_flows(&f, !has("--no-stats")))
             }
             "dump-ports" => self.dump_ports(words.first().map(|s| s.as_str())),
@@ -236,7 +253,9 @@ impl Daemon {
             }
             "stats" => Ok(self.stats_text()),
             "help" => Ok(format!("{COMMANDS}\n")),
-            other => Err(format!("unknown command '{other}' (try 'ferrovs-ctl help')")),
+            other => Err(format!(
+                "unknown command '{other}' (try 'ferrovs-ctl help')"
+            )),
         }
     }
 
@@ -265,9 +284,10 @@ impl Daemon {
                 key,
                 dst_port,
             } => {
-                let existing = pt.ports.iter().find(|p| {
-                    p.name == *underlay && matches!(p.role, PortRole::Underlay { .. })
-                });
+                let existing = pt
+                    .ports
+                    .iter()
+                    .find(|p| p.name == *underlay && matches!(p.role, PortRole::Underlay { .. }));
                 let (port, mac) = match existing {
                     Some(p) => match p.role {
                         PortRole::Underlay { local_mac, .. } => (None, local_mac),
@@ -316,7 +336,10 @@ impl Daemon {
                 Some(VlanMode::Access(t)) => format!(" tag={t}"),
                 Some(VlanMode::Trunks(l)) => format!(
                     " trunks={}",
-                    l.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+                    l.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
                 _ => String::new(),
             };
@@ -325,11 +348,15 @@ impl Daemon {
                     " underlay={} local_ip={} remote_ip={} key={} dst_port={}",
                     cfg.underlay,
                     cfg.local_ip,
-                    cfg.remote_ip.map(|i| i.to_string()).unwrap_or("flow".into()),
+                    cfg.remote_ip
+                        .map(|i| i.to_string())
+                        .unwrap_or("flow".into()),
                     cfg.key.map(|k| k.to_string()).unwrap_or("flow".into()),
                     cfg.udp_port
                 ),
-                PortRole::Underlay { local_ip, .. } => format!(" (tunnel underlay, local_ip={local_ip})"),
+                PortRole::Underlay { local_ip, .. } => {
+                    format!(" (tunnel underlay, local_ip={local_ip})")
+                }
                 PortRole::Plain => String::new(),
             };
             if st.no >= datapath::switch::UNDERLAY_BASE {
@@ -358,7 +385,11 @@ impl Daemon {
     fn dump_ports(&self, which: Option<&str>) -> Result<String, String> {
         let pt = self.switch.ports();
         let sel: Vec<_> = match which {
-            None => pt.ports.iter().filter(|p| p.no < datapath::switch::UNDERLAY_BASE).collect(),
+            None => pt
+                .ports
+                .iter()
+                .filter(|p| p.no < datapath::switch::UNDERLAY_BASE)
+                .collect(),
             Some(w) => {
                 let found: Vec<_> = pt
                     .ports
@@ -416,7 +447,8 @@ impl Daemon {
 /// Reads the MAC address of a local interface.
 pub fn interface_mac(ifname: &str) -> Result<[u8; 6], String> {
     let path = format!("/sys/class/net/{ifname}/address");
-    let text = std::fs::read_to_string(&path).map_err(|_| format!("no such interface '{ifname}'"))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|_| format!("no such interface '{ifname}'"))?;
     let mut mac = [0u8; 6];
     let parts: Vec<&str> = text.trim().split(':').collect();
     if parts.len() != 6 {

@@ -19,7 +19,12 @@ use tools::mgmt::{Request, Response, COMMANDS};
 )]
 struct Args {
     /// Management socket of the ferrovsd to talk to.
-    #[arg(short, long, env = "FERROVS_SOCKET", default_value = "/run/ferrovs/br0.sock")]
+    #[arg(
+        short,
+        long,
+        env = "FERROVS_SOCKET",
+        default_value = "/run/ferrovs/br0.sock"
+    )]
     socket: PathBuf,
     /// Command and its arguments (see below). `--strict` and `--no-stats`
     /// are passed through.
@@ -35,7 +40,10 @@ fn main() {
     let mut input = None;
     if FILE_COMMANDS.contains(&words[0].as_str()) {
         let Some(pos) = words.iter().skip(1).position(|w| !w.starts_with("--")) else {
-            eprintln!("ferrovs-ctl: {} needs a FILE ('-' for standard input)", words[0]);
+            eprintln!(
+                "ferrovs-ctl: {} needs a FILE ('-' for standard input)",
+                words[0]
+            );
             std::process::exit(2);
         };
         let path = words.remove(pos + 1);
@@ -64,7 +72,10 @@ fn main() {
             std::process::exit(1);
         }
         Err(e) => {
-            eprintln!("ferrovs-ctl: {}: {e} (is ferrovsd running?)", args.socket.display());
+            eprintln!(
+                "ferrovs-ctl: {}: {e} (is ferrovsd running?)",
+                args.socket.display()
+            );
             std::process::exit(1);
         }
     }

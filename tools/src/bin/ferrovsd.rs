@@ -131,7 +131,12 @@ fn main() -> anyhow::Result<()> {
         threads: cfg.threads,
         cores: cfg.cores.clone(),
     })?;
-    let mut daemon = Daemon::new(switch, &cfg.bridge, Box::new(open_port), Box::new(open_underlay));
+    let mut daemon = Daemon::new(
+        switch,
+        &cfg.bridge,
+        Box::new(open_port),
+        Box::new(open_underlay),
+    );
     for pc in &cfg.ports {
         match daemon.add_port(pc) {
             Ok(no) => tracing::info!(port = %pc.name, ofport = no, "port added"),
@@ -141,7 +146,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let mods: Vec<_> = initial_flows.into_iter().map(flows::pipeline::FlowMod::Add).collect();
+    let mods: Vec<_> = initial_flows
+        .into_iter()
+        .map(flows::pipeline::FlowMod::Add)
+        .collect();
     if let Err(e) = daemon.switch.apply(&mods) {
         daemon.switch.shutdown();
         bail!("initial flows: {e}");
@@ -153,7 +161,10 @@ fn main() -> anyhow::Result<()> {
     if cfg.socket.exists() {
         if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
             daemon.switch.shutdown();
-            bail!("{}: another ferrovsd is serving this socket", cfg.socket.display());
+            bail!(
+                "{}: another ferrovsd is serving this socket",
+                cfg.socket.display()
+            );
         }
         let _ = std::fs::remove_file(&cfg.socket);
     }
