@@ -252,6 +252,10 @@ impl Engine {
                 self.drop_pkt(DropReason::TunnelNoPort);
                 return None;
             };
+            vx.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+            vx.counters
+                .rx_bytes
+                .fetch_add((pkt.len - d.inner_offset) as u64, Ordering::Relaxed);
             key.set(Field::TunId, d.vni as u64);
             key.set(Field::TunSrc, u32::from(d.outer_src) as u64);
             key.set(Field::TunDst, u32::from(d.outer_dst) as u64);
@@ -484,8 +488,14 @@ impl Engine {
                         }
                     }
                 });
-                if let Some(e) = err {
-                    self.drop_pkt(e);
+                match err {
+                    Some(e) => self.drop_pkt(e),
+                    None => {
+                        port.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                        port.counters
+                            .tx_bytes
+                            .fetch_add(inner.len() as u64, Ordering::Relaxed);
+                    }
                 }
             }
             _ => {
