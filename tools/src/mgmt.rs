@@ -130,6 +130,16 @@ impl Daemon {
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(" ");
+        // Port names work wherever a port number does (`output:veth-a`).
+        let ports = self.switch.ports();
+        let by_name = |n: &str| {
+            ports
+                .ports
+                .iter()
+                .find(|p| p.name == n && p.no < datapath::switch::UNDERLAY_BASE)
+                .map(|p| p.no)
+        };
+        let parser = syntax::Parser::with_port_names(&by_name);
         let input = || {
             req.input
                 .clone()
@@ -152,28 +162,32 @@ impl Daemon {
                 Ok(String::new())
             }
             "add-flow" => {
-                let spec = syntax::parse_flow(&arg).map_err(|e| format!("add-flow: {e}"))?;
+                let spec = parser.flow(&arg).map_err(|e| format!("add-flow: {e}"))?;
                 self.apply(&[FlowMod::Add(spec)])
             }
             "add-flows" => {
-                let specs =
-                    syntax::parse_flows_file(&input()?).map_err(|e| format!("add-flows: {e}"))?;
+                let specs = parser
+                    .flows_file(&input()?)
+                    .map_err(|e| format!("add-flows: {e}"))?;
                 let mods: Vec<FlowMod> = specs.into_iter().map(FlowMod::Add).collect();
                 self.apply(&mods)
             }
             "del-flows" => {
-                let f = syntax::parse_filter(&arg, has("--strict"))
+                let f = parser
+                    .filter(&arg, has("--strict"))
                     .map_err(|e| format!("del-flows: {e}"))?;
                 self.apply(&[FlowMod::Delete(f)])
             }
             "mod-flows" => {
-                let (mut filter, actions) =
-                    syntax::parse_mod_flow(&arg).map_err(|e| format!("mod-flows: {e}"))?;
+                let (mut filter, actions) = parser
+                    .mod_flow(&arg)
+                    .map_err(|e| format!("mod-flows: {e}"))?;
                 filter.strict = has("--strict");
                 self.apply(&[FlowMod::Modify { filter, actions }])
             }
             "replace-flows" => {
-                let specs = syntax::parse_flows_file(&input()?)
+                let specs = parser
+                    .flows_file(&input()?)
                     .map_err(|e| format!("replace-flows: {e}"))?;
                 let cur = self.switch.pipeline();
                 let mut target = Pipeline::new();
@@ -193,14 +207,15 @@ impl Daemon {
                 ))
             }
             "dump-flows" => {
-                let f =
-                    syntax::parse_filter(&arg, false).map_err(|e| format!("dump-flows: {e}"))?;
+                let f = parser
+                    .filter(&arg, false)
+                    .map_err(|e| format!("dump-flows: {e}"))?;
                 Ok(self.dump_flows(&f, !has("--no-stats")))
             }
             "dump-ports" => self.dump_ports(words.first().map(|s| s.as_str())),
             "dump-tables" => Ok(self.dump_tables()),
             "add-group" | "mod-group" => {
-                let g = syntax::parse_group(&arg).map_err(|e| format!("{cmd}: {e}"))?;
+                let g = parser.group(&arg).map_err(|e| format!("{cmd}: {e}"))?;
                 self.apply(&[FlowMod::AddGroup(g)])
             }
             "del-groups" => {
@@ -225,7 +240,7 @@ impl Daemon {
                 Ok(out)
             }
             "trace" => {
-                let key = syntax::parse_packet(&arg).map_err(|e| format!("trace: {e}"))?;
+                let key = parser.packet(&arg).map_err(|e| format!("trace: {e}"))?;
                 let (x, t) = self.switch.trace(&key);
                 Ok(flows::trace::format_trace(&self.bridge, &key, &x, &t))
             }
