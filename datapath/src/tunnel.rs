@@ -93,8 +93,21 @@ fn build_arp(out: &mut [u8], dst: [u8; 6], src: [u8; 6], arp: &ArpRepr) -> usize
     len
 }
 
-/// Broadcasts an ARP request for `remote` out of underlay port `underlay`.
+/// Minimum time between two ARP requests for the same remote (per thread).
+pub const ARP_RETRY_MS: u64 = 200;
+
+/// Broadcasts an ARP request for `remote` out of underlay port `underlay`,
+/// at most once per [`ARP_RETRY_MS`].
 pub fn request_neighbour(eng: &mut Engine, underlay: u16, cfg: &VxlanConfig, remote: Ipv4Addr) {
+    let now = eng.now_ms();
+    match eng.arp_asked.get(&remote) {
+        Some(&t) if now.saturating_sub(t) < ARP_RETRY_MS => return,
+        _ => {}
+    }
+    if eng.arp_asked.len() > 4096 {
+        eng.arp_asked.clear();
+    }
+    eng.arp_asked.insert(remote, now);
     let req = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
         source_hardware_addr: EthernetAddress(cfg.local_mac),

@@ -98,6 +98,8 @@ pub struct Engine {
     stage: Vec<StageQ>,
     mac_gen: u64,
     now_ms: u64,
+    /// When this thread last asked ARP for a tunnel remote (rate limit).
+    pub(crate) arp_asked: std::collections::HashMap<Ipv4Addr, u64>,
     // local counters, published once per batch
     packets: u64,
     upcalls: u64,
@@ -161,6 +163,7 @@ impl Engine {
             stage: Vec::new(),
             mac_gen: 0,
             now_ms: 0,
+            arp_asked: std::collections::HashMap::new(),
             packets: 0,
             upcalls: 0,
             controller: 0,
@@ -506,6 +509,11 @@ impl Engine {
                 });
             }
         }
+    }
+
+    /// The engine's clock (milliseconds, refreshed per batch).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     /// Stages a frame built by the caller for port `no` (ARP requests).

@@ -1,6 +1,7 @@
 //! End-to-end tests of the switch on in-memory ports: real poll threads,
 //! cache, translation and actions, no kernel involved.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 use std::time::{Duration, Instant};
 
 use datapath::port::MemPort;
