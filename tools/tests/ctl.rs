@@ -2,6 +2,8 @@
 //! (`type = "memory"`): no root, no namespaces. Bad input must change
 //! nothing and say what is wrong where; `dump-flows` and `trace` output is
 //! compared with golden files (`FERROVS_BLESS=1` rewrites them).
+// Tests may unwrap (project conventions).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! Every test skips when not root, creates uniquely named namespaces and
 //! links that guards remove again (also on failure), only sends traffic
 //! between namespaces it created, and bounds every command in time.
+// Tests may unwrap (project conventions).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -376,7 +378,8 @@ fn conntrack_allows_only_replies_of_established() {
     );
 }
 
-/// A tiny TCP server: answers every connection with its own address.
+/// A tiny TCP server: answers every connection with its own address and
+/// 200 kB of filler (full-sized segments through the NAT).
 const BACKEND: &str = r#"
 import socket, sys
 s = socket.socket()
@@ -386,7 +389,7 @@ s.listen(64)
 while True:
     c, _ = s.accept()
     try:
-        c.sendall(sys.argv[1].encode())
+        c.sendall(sys.argv[1].encode() + b" " + b"x" * 200000)
     finally:
         c.close()
 "#;
@@ -405,7 +408,9 @@ for i in range(30):
             break
         data += d
     s.close()
-    print(data.decode(), "%s:%d" % peer)
+    who, filler = data.split(b" ", 1)
+    assert len(filler) == 200000, len(filler)
+    print(who.decode(), "%s:%d" % peer)
 "#;
 
 #[test]

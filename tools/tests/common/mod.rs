@@ -154,6 +154,15 @@ impl Ferrovsd {
         n_packets(&out).unwrap_or_else(|| panic!("no flow for '{filter}' in:\n{out}"))
     }
 
+    /// n_packets of the flow whose `dump-flows` line contains `needle`.
+    pub fn flow_packets_where(&self, needle: &str) -> u64 {
+        let out = self.ctl_ok(&["dump-flows"]);
+        out.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| field_u64(l, "n_packets="))
+            .unwrap_or_else(|| panic!("no flow line containing '{needle}' in:\n{out}"))
+    }
+
     /// SIGTERM, wait up to 10 s, then SIGKILL; returns the exit status
     /// (`None` if it had to be killed or was already reaped).
     pub fn stop(&mut self) -> Option<ExitStatus> {
