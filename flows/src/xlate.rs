@@ -427,7 +427,13 @@ impl Ctx<'_, '_> {
         };
         for i in chosen {
             let b = &g.buckets[i];
-            self.note(|| format!("group {id}: bucket {}", b.id));
+            self.note(|| {
+                format!(
+                    "group {id}: bucket {}: {}",
+                    b.id,
+                    crate::syntax::format_actions(&b.actions)
+                )
+            });
             // Each bucket works on its own copy of the flow, as in OVS.
             let saved = self.flow;
             self.depth += 1;

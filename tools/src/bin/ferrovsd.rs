@@ -99,7 +99,15 @@ fn serve_one(daemon: &mut Daemon, listener: &UnixListener) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // One line, no backtrace: the error already says what and where.
+        eprintln!("ferrovsd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
