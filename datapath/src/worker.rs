@@ -401,6 +401,10 @@ impl Engine {
                 }
             }
         }
+        if let Some(t) = out.rewrite_inner {
+            // A related ICMP error: the embedded packet is NATed too.
+            packet::set_icmp_inner(pkt.bytes_mut(), layout, (t.src, t.dst, t.sport, t.dport));
+        }
         out.state
     }
 
