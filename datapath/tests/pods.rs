@@ -51,6 +51,13 @@ fn drops(sw: &Switch, reason: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Polls `pods` until the switch has counted a flow drop beyond `before`
+/// (drop counters are published once per batch, so poll rather than look).
+fn wait_drop(sw: &Switch, pods: &mut [&mut SimPod], before: u64) {
+    let ok = run_until(pods, |_| drops(sw, "action_drop") > before, T);
+    assert!(ok, "no packet was dropped by a flow");
+}
+
 /// Deterministic test payload.
 fn payload(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
@@ -60,6 +67,17 @@ fn payload(n: usize, seed: u8) -> Vec<u8> {
 
 /// Waits until TCP sockets `ha` on pod 0 and `hb` on pod 1 are established.
 fn establish(a: &mut SimPod, ha: SocketHandle, b: &mut SimPod, hb: SocketHandle) {
+    establish_on(None, a, ha, b, hb)
+}
+
+/// [`establish`], printing the switch's state if it fails.
+fn establish_on(
+    sw: Option<&Switch>,
+    a: &mut SimPod,
+    ha: SocketHandle,
+    b: &mut SimPod,
+    hb: SocketHandle,
+) {
     let ok = run_until(
         &mut [a, b],
         |ps| {
@@ -68,7 +86,26 @@ fn establish(a: &mut SimPod, ha: SocketHandle, b: &mut SimPod, hb: SocketHandle)
         },
         T,
     );
-    assert!(ok, "TCP handshake did not complete");
+    if !ok {
+        if let Some(sw) = sw {
+            let ct: Vec<String> = sw
+                .shared()
+                .ct
+                .lock()
+                .unwrap()
+                .dump()
+                .map(|c| c.to_string())
+                .collect();
+            eprintln!("stats {:?}\nct {ct:#?}", sw.stats());
+        }
+        panic!(
+            "TCP handshake did not complete: {:?} {:?} / {:?} {:?}",
+            a.tcp(ha).state(),
+            a.now,
+            b.tcp(hb).state(),
+            b.now
+        );
+    }
 }
 
 /// Sends `data` from socket `ha` of pod 0 to socket `hb` of pod 1 and
@@ -141,6 +178,26 @@ fn tcp_handshake_and_data_through_normal() {
     assert!(st.emc_hits > st.upcalls, "cache serves the bulk: {st:?}");
 }
 
+#[test]
+fn tcp_through_two_poll_threads() {
+    // Ports spread over two poll threads: the pods' frames cross threads
+    // and conntrack is shared.
+    let sw = Switch::start(&SwitchConfig {
+        threads: 2,
+        ..SwitchConfig::default()
+    })
+    .unwrap();
+    let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
+    let mut p2 = SimPod::attach(&sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
+    add(&sw, FIREWALL);
+    let server = p2.tcp_listen(80);
+    let client = p1.tcp_connect(p2.ip, 80, 40002);
+    establish(&mut p1, client, &mut p2, server);
+    let data = payload(64 * 1024, 3);
+    assert!(transfer(&mut p1, client, &mut p2, server, &data) == data);
+    assert!(transfer(&mut p2, server, &mut p1, client, &data) == data);
+}
+
 /// OVS-style stateful ACL: only port 1 may open connections.
 const FIREWALL: &[&str] = &[
     "table=0,priority=100,ip,ct_state=-trk actions=ct(table=1)",
@@ -170,13 +227,10 @@ fn conntrack_firewall_allows_replies_only() {
     let drops_before = drops(&sw, "action_drop");
     let l1 = p1.tcp_listen(22);
     let c2 = p2.tcp_connect(p1.ip, 22, 50000);
+    wait_drop(&sw, &mut [&mut p1, &mut p2], drops_before);
     run_for(&mut [&mut p1, &mut p2], 1500);
     assert_eq!(p2.tcp(c2).state(), State::SynSent);
     assert_eq!(p1.tcp(l1).state(), State::Listen);
-    assert!(
-        drops(&sw, "action_drop") > drops_before,
-        "SYNs counted as dropped by the flow"
-    );
 
     // conntrack holds the established connection (and nothing for port 22,
     // since the denied SYN was never committed).
@@ -194,6 +248,29 @@ fn conntrack_firewall_allows_replies_only() {
         line.starts_with("tcp,orig=(src=10.0.0.1,dst=10.0.0.2,sport=40001,dport=80)"),
         "{line}"
     );
+
+    // Orderly close: conntrack follows both FINs to TIME_WAIT.
+    p1.tcp(client).close();
+    let ok = run_until(
+        &mut [&mut p1, &mut p2],
+        |ps| {
+            if ps[1].tcp(server).state() == State::CloseWait {
+                ps[1].tcp(server).close();
+            }
+            ps[1].tcp(server).state() == State::Closed
+        },
+        T,
+    );
+    assert!(ok, "close through the firewall");
+    let c = sw
+        .shared()
+        .ct
+        .lock()
+        .unwrap()
+        .dump()
+        .find(|c| c.orig.dport == 80)
+        .unwrap();
+    assert_eq!(c.tcp_state, Some(TcpState::TimeWait), "{c}");
 
     // Trace of a recirculated reply packet: starts in table 1 with the
     // conntrack state the first pass gave it.
@@ -258,6 +335,8 @@ fn dnat_service_vip_to_backends_with_select_group() {
             "table=1,priority=100,tcp,ct_state=+trk+new,nw_dst={VIP},tp_dst=80 actions=group:1"
         ),
         "table=1,priority=90,ip,ct_state=+trk+est actions=goto_table:2".to_string(),
+        // A retransmitted SYN is still +new, now already DNATed.
+        "table=1,priority=90,ip,ct_state=+trk+new+dnat actions=goto_table:2".to_string(),
         format!(
             "table=2,ip,nw_dst={} actions=mod_dl_dst:{},output:1",
             client.ip,
@@ -284,100 +363,100 @@ fn dnat_service_vip_to_backends_with_select_group() {
         .collect();
     let vip = ip(VIP);
 
-    // Opens `ports.len()` connections, echoes a message on each, and
-    // returns how many connections each backend took.
-    let round = |client: &mut SimPod, backends: &mut [SimPod], ports: std::ops::Range<u16>| {
-        let conns: Vec<(u16, SocketHandle)> = ports
-            .clone()
+    // Client connections from `ports` to the VIP.
+    let open = |client: &mut SimPod, ports: std::ops::Range<u16>| -> Vec<(u16, SocketHandle)> {
+        ports
             .map(|p| (p, client.tcp_connect_small(vip, 80, p)))
-            .collect();
-        let msgs: HashMap<u16, Vec<u8>> = ports
-            .clone()
-            .map(|p| (p, format!("hello from {p} ").repeat(50).into_bytes()))
-            .collect();
-        let mut sent: HashMap<u16, usize> = HashMap::new();
-        let mut echoed: HashMap<u16, Vec<u8>> = HashMap::new();
-        let mut pods: Vec<&mut SimPod> =
-            std::iter::once(client).chain(backends.iter_mut()).collect();
-        let ok = run_until(
-            &mut pods,
-            |ps| {
-                // Backends echo whatever they receive.
-                for (bi, ls) in listeners.iter().enumerate() {
-                    for h in ls {
-                        let s = ps[bi + 1].tcp(*h);
+            .collect()
+    };
+    // Waits for `conns` to be established, echoes a message on each, and
+    // returns how many of them each backend holds.
+    let round =
+        |client: &mut SimPod, backends: &mut [SimPod], conns: &[(u16, SocketHandle)], tag: &str| {
+            let ports: Vec<u16> = conns.iter().map(|(p, _)| *p).collect();
+            let msgs: HashMap<u16, Vec<u8>> = ports
+                .iter()
+                .map(|p| (*p, format!("{tag} from {p} ").repeat(50).into_bytes()))
+                .collect();
+            let mut sent: HashMap<u16, usize> = HashMap::new();
+            let mut echoed: HashMap<u16, Vec<u8>> = HashMap::new();
+            let mut pods: Vec<&mut SimPod> =
+                std::iter::once(client).chain(backends.iter_mut()).collect();
+            let ok = run_until(
+                &mut pods,
+                |ps| {
+                    // Backends echo whatever they receive.
+                    for (bi, ls) in listeners.iter().enumerate() {
+                        for h in ls {
+                            let s = ps[bi + 1].tcp(*h);
+                            let mut buf = [0u8; 4096];
+                            while s.can_recv() && s.can_send() {
+                                let n = s.recv_slice(&mut buf).unwrap();
+                                assert_eq!(s.send_slice(&buf[..n]).unwrap(), n);
+                            }
+                        }
+                    }
+                    let mut done = true;
+                    for (p, h) in conns {
+                        let s = ps[0].tcp(*h);
+                        if s.state() != State::Established {
+                            done = false;
+                            continue;
+                        }
+                        // Un-NAT: the client only ever talks to the VIP.
+                        assert_eq!(
+                            s.remote_endpoint(),
+                            Some(IpEndpoint::new(IpAddress::Ipv4(vip), 80))
+                        );
+                        let m = &msgs[p];
+                        let at = sent.entry(*p).or_default();
+                        if *at < m.len() && s.can_send() {
+                            *at += s.send_slice(&m[*at..]).unwrap();
+                        }
+                        let e = echoed.entry(*p).or_default();
                         let mut buf = [0u8; 4096];
-                        while s.can_recv() && s.can_send() {
+                        while s.can_recv() {
                             let n = s.recv_slice(&mut buf).unwrap();
-                            assert_eq!(s.send_slice(&buf[..n]).unwrap(), n);
+                            e.extend_from_slice(&buf[..n]);
+                        }
+                        if e.len() < m.len() {
+                            done = false;
+                        }
+                    }
+                    done
+                },
+                Duration::from_secs(8),
+            );
+            assert!(
+                ok,
+                "not all connections echoed: {} of {}",
+                echoed.values().filter(|e| !e.is_empty()).count(),
+                conns.len()
+            );
+            for p in &ports {
+                assert!(echoed[p] == msgs[p], "echo intact on port {p}");
+            }
+            // Which backend took which connection (backends see the client's
+            // real address and port, and their own 8080).
+            let client_ip = pods[0].ip;
+            let mut per_backend = [0usize; 3];
+            for (bi, ls) in listeners.iter().enumerate() {
+                for h in ls {
+                    let s = pods[bi + 1].tcp(*h);
+                    if let Some(r) = s.remote_endpoint() {
+                        let IpAddress::Ipv4(a) = r.addr;
+                        if a == client_ip && ports.contains(&r.port) {
+                            assert_eq!(s.local_endpoint().unwrap().port, 8080);
+                            per_backend[bi] += 1;
                         }
                     }
                 }
-                let mut done = true;
-                for (p, h) in &conns {
-                    let s = ps[0].tcp(*h);
-                    if s.state() != State::Established {
-                        done = false;
-                        continue;
-                    }
-                    // Un-NAT: the client only ever talks to the VIP.
-                    assert_eq!(
-                        s.remote_endpoint(),
-                        Some(IpEndpoint::new(IpAddress::Ipv4(vip), 80))
-                    );
-                    let m = &msgs[p];
-                    let at = sent.entry(*p).or_default();
-                    if *at < m.len() && s.can_send() {
-                        *at += s.send_slice(&m[*at..]).unwrap();
-                    }
-                    let e = echoed.entry(*p).or_default();
-                    let mut buf = [0u8; 4096];
-                    while s.can_recv() {
-                        let n = s.recv_slice(&mut buf).unwrap();
-                        e.extend_from_slice(&buf[..n]);
-                    }
-                    if e.len() < m.len() {
-                        done = false;
-                    }
-                }
-                done
-            },
-            Duration::from_secs(8),
-        );
-        assert!(
-            ok,
-            "not all connections echoed: {} of {}",
-            echoed.values().filter(|e| !e.is_empty()).count(),
-            conns.len()
-        );
-        for p in ports.clone() {
-            assert!(echoed[&p] == msgs[&p], "echo intact on port {p}");
-        }
-        // Which backend took which connection (backends see the client's
-        // real address and port, and their own 8080).
-        let client_ip = pods[0].ip;
-        let mut per_backend = [0usize; 3];
-        for (bi, ls) in listeners.iter().enumerate() {
-            for h in ls {
-                let s = pods[bi + 1].tcp(*h);
-                if let Some(r) = s.remote_endpoint() {
-                    let IpAddress::Ipv4(a) = r.addr;
-                    if a == client_ip && ports.contains(&r.port) {
-                        assert_eq!(s.local_endpoint().unwrap().port, 8080);
-                        per_backend[bi] += 1;
-                    }
-                }
             }
-        }
-        // Close the client side so they don't linger.
-        for (_, h) in &conns {
-            pods[0].tcp(*h).abort();
-        }
-        run_for(&mut pods[..1], 5);
-        per_backend
-    };
+            per_backend
+        };
 
-    let first = round(&mut client, &mut backends, 41000..41030);
+    let c1 = open(&mut client, 41000..41030);
+    let first = round(&mut client, &mut backends, &c1, "hello");
     assert_eq!(first.iter().sum::<usize>(), 30, "{first:?}");
     assert!(
         first.iter().all(|&n| n >= 1),
@@ -395,14 +474,35 @@ fn dnat_service_vip_to_backends_with_select_group() {
         }
     }
 
+    // Keep the connections backend 13 holds; close the others.
+    let on13: Vec<u16> = sw
+        .shared()
+        .ct
+        .lock()
+        .unwrap()
+        .dump()
+        .filter(|c| c.orig.dst == vip && c.reply.src == ip("10.0.0.13"))
+        .map(|c| c.orig.sport)
+        .collect();
+    let (keep, close): (Vec<_>, Vec<_>) = c1.into_iter().partition(|(p, _)| on13.contains(p));
+    assert_eq!(keep.len(), first[2]);
+    for (_, h) in &close {
+        client.tcp(*h).abort();
+    }
+
     // Drop backend 13 from the service: new connections go to 11 and 12.
     add_group(&sw, &vip_group(&[11, 12]));
-    let second = round(&mut client, &mut backends, 42000..42015);
+    let c2 = open(&mut client, 42000..42015);
+    let second = round(&mut client, &mut backends, &c2, "hello again");
     assert_eq!(second.iter().sum::<usize>(), 15, "{second:?}");
     assert_eq!(
         second[2], 0,
         "removed backend got new connections: {second:?}"
     );
+    // ... while its established connections keep working (conntrack, not
+    // the group, decides for them, as in OVS).
+    let again = round(&mut client, &mut backends, &keep, "still there");
+    assert_eq!(again, [0, 0, keep.len()]);
 }
 
 #[test]
@@ -421,6 +521,7 @@ fn snat_masquerade_port_range() {
             "table=1,ip,ct_state=+trk+new,in_port=1 actions=ct(commit,nat(src=10.0.0.100:40000-40010)),output:2",
             "table=1,ip,ct_state=+trk+est,in_port=1 actions=output:2",
             "table=1,ip,ct_state=+trk+est,in_port=2 actions=mod_dl_dst:02:00:00:00:00:01,output:1",
+            "table=1,ip,ct_state=+trk+rel,in_port=2 actions=mod_dl_dst:02:00:00:00:00:01,output:1",
         ],
     );
     // ARP from pod1 for pod2 is answered by pod2 through `normal`.
@@ -428,7 +529,7 @@ fn snat_masquerade_port_range() {
     let mut seen = Vec::new();
     for (i, s) in servers.iter().enumerate() {
         let c = p1.tcp_connect(p2.ip, 80, 33000 + i as u16);
-        establish(&mut p1, c, &mut p2, *s);
+        establish_on(Some(&sw), &mut p1, c, &mut p2, *s);
         let r = p2.tcp(*s).remote_endpoint().unwrap();
         assert_eq!(
             r.addr,
@@ -448,9 +549,32 @@ fn snat_masquerade_port_range() {
             "replies reach pod1"
         );
     }
+    eprintln!("snat ports {seen:?}");
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 3, "distinct SNAT ports: {seen:?}");
+
+    // ICMP errors are related and un-NATed inside too: UDP from pod1 to a
+    // closed port of pod2 goes out as 10.0.0.100:4000x; pod2's port
+    // unreachable must come back with the embedded header rewritten to
+    // pod1's own address and port (and every checksum right), or pod1's
+    // stack does not relate it to its UDP socket.
+    let u1 = p1.udp_bind(33100);
+    let errs = p1.icmp_bind_udp(33100);
+    p1.udp(u1)
+        .send_slice(b"anyone?", IpEndpoint::new(IpAddress::Ipv4(p2.ip), 9999))
+        .unwrap();
+    let ok = run_until(&mut [&mut p1, &mut p2], |ps| ps[0].icmp(errs).can_recv(), T);
+    assert!(ok, "port unreachable related to pod1's UDP socket");
+    let (_, from) = p1.icmp(errs).recv().unwrap();
+    assert_eq!(from, IpAddress::Ipv4(p2.ip));
+    assert!(sw
+        .shared()
+        .ct
+        .lock()
+        .unwrap()
+        .dump()
+        .any(|c| c.orig.proto == 17 && c.orig.sport == 33100 && c.reply.dst == ip("10.0.0.100")));
 }
 
 #[test]
@@ -549,12 +673,12 @@ fn icmp_through_conntrack_and_vlan() {
     p2.icmp(s2)
         .send_slice(&echo(0x2222, 9, true), IpAddress::Ipv4(p1.ip))
         .unwrap();
-    run_for(&mut [&mut p1, &mut p2, &mut p3], 200);
+    wait_drop(&sw, &mut [&mut p1, &mut p2, &mut p3], drops_before);
+    run_for(&mut [&mut p1, &mut p2, &mut p3], 100);
     assert!(
         !p1.icmp(s_unsolicited).can_recv(),
         "unsolicited reply delivered"
     );
-    assert!(drops(&sw, "action_drop") > drops_before);
 }
 
 #[test]
@@ -623,8 +747,8 @@ fn udp_conntrack_timeout() {
     // pod2's next packet is a new connection from the wrong side: dropped.
     let drops_before = drops(&sw, "action_drop");
     p2.udp(u2).send_slice(b"late", to1).unwrap();
-    run_for(&mut [&mut p1, &mut p2], 200);
+    wait_drop(&sw, &mut [&mut p1, &mut p2], drops_before);
+    run_for(&mut [&mut p1, &mut p2], 100);
     assert!(!p1.udp(u1).can_recv(), "late reply passed after expiry");
-    assert!(drops(&sw, "action_drop") > drops_before);
     assert_eq!(udp_conns(&sw), 0, "the drop committed nothing");
 }

@@ -7,9 +7,11 @@
 //! pipeline, conntrack and NAT without namespaces or root.
 //!
 //! Time is simulated: [`run_until`] advances each pod's smoltcp clock by
-//! 1 ms per step, but only when no frame is waiting in the pods' queues, so
-//! the simulated clock never races ahead of the switch's poll thread (which
-//! would only cause spurious retransmissions).
+//! 1 ms per step, but only when the network is quiet (no frame waiting in
+//! the pods' queues and the switch has counted every frame the pods sent as
+//! received), so the simulated clock never races ahead of the switch's poll
+//! thread however slowly that thread is scheduled: a test sees the same
+//! sequence of events on a loaded machine as on an idle one.
 //!
 //! Static neighbours (for addresses nobody on the segment answers ARP for,
 //! such as a service VIP or a virtual gateway) are answered inside the
@@ -20,10 +22,12 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use datapath::port::{FrameQueue, MemPort};
-use datapath::switch::Switch;
+use datapath::switch::{PortState, Switch};
 use flows::pipeline::VlanMode;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -51,7 +55,8 @@ pub struct PodDevice {
     static_neigh: Vec<(Ipv4Addr, [u8; 6])>,
     /// Frames taken from the switch in the current poll.
     rx_this_poll: usize,
-    /// Frames transmitted so far.
+    /// Frames transmitted so far (to the switch; static ARP replies
+    /// excluded).
     pub tx_frames: u64,
     /// Frames received so far.
     pub rx_frames: u64,
@@ -80,10 +85,12 @@ impl phy::TxToken for PodTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buf = vec![0u8; len];
         let r = f(&mut buf);
-        *self.tx_frames += 1;
         match static_arp_reply(&buf, self.static_neigh) {
             Some(reply) => self.local.push_back(reply),
-            None => self.to_switch.lock().unwrap().push_back(buf),
+            None => {
+                *self.tx_frames += 1;
+                self.to_switch.lock().unwrap().push_back(buf);
+            }
         }
         r
     }
@@ -189,6 +196,8 @@ pub struct SimPod {
     pub sockets: SocketSet<'static>,
     /// This pod's simulated clock.
     pub now: Instant,
+    /// The switch's state of the port, once attached.
+    pub state: Option<Arc<PortState>>,
 }
 
 impl std::fmt::Debug for SimPod {
@@ -244,13 +253,15 @@ impl SimPod {
             iface,
             sockets: SocketSet::new(Vec::new()),
             now,
+            state: None,
         }
     }
 
     /// Creates the pod and adds its port to `sw` as OpenFlow port `no`.
     pub fn attach(sw: &Switch, no: u16, name: &str, ip: Ipv4Addr, vlan: VlanMode) -> SimPod {
-        let pod = SimPod::new(name, ip);
+        let mut pod = SimPod::new(name, ip);
         sw.add_port(no, Box::new(pod.port.clone()), vlan).unwrap();
+        pod.state = sw.ports().get(no).cloned();
         pod
     }
 
@@ -324,6 +335,14 @@ impl SimPod {
         self.sockets.add(s)
     }
 
+    /// An ICMP socket receiving the errors about UDP sent from `port`.
+    pub fn icmp_bind_udp(&mut self, port: u16) -> SocketHandle {
+        let buf = || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 16384]);
+        let mut s = icmp::Socket::new(buf(), buf());
+        s.bind(icmp::Endpoint::Udp(port.into())).unwrap();
+        self.sockets.add(s)
+    }
+
     /// The TCP socket `h`.
     pub fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(h)
@@ -345,9 +364,15 @@ impl SimPod {
         self.iface.poll(self.now, &mut self.dev, &mut self.sockets);
     }
 
-    /// True if frames are waiting in either direction of the pod's port.
+    /// True if frames are waiting in either direction of the pod's port,
+    /// or the switch has not finished processing all the pod sent.
     fn busy(&self) -> bool {
-        !self.port.inject.lock().unwrap().is_empty()
+        let unprocessed = self
+            .state
+            .as_ref()
+            .is_some_and(|st| st.counters.rx_packets.load(Ordering::Relaxed) < self.dev.tx_frames);
+        unprocessed
+            || !self.port.inject.lock().unwrap().is_empty()
             || !self.port.sent.lock().unwrap().is_empty()
             || !self.dev.local.is_empty()
     }
@@ -382,9 +407,15 @@ pub fn run_until(
         if start.elapsed() > timeout {
             return false;
         }
+        // The switch counts a batch as received just before it sends the
+        // batch's output: look twice, a moment apart, before calling the
+        // network quiet and letting simulated time pass.
         if pods.iter().any(|p| p.busy()) {
             std::thread::sleep(Duration::from_micros(20));
-        } else {
+            continue;
+        }
+        std::thread::sleep(Duration::from_micros(20));
+        if !pods.iter().any(|p| p.busy()) {
             for p in pods.iter_mut() {
                 p.now += smoltcp::time::Duration::from_millis(1);
             }
