@@ -1,6 +1,8 @@
 //! End-to-end tests of the switch on in-memory ports: real poll threads,
 //! cache, translation and actions, no kernel involved.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use datapath::port::MemPort;
