@@ -298,6 +298,42 @@ fn conntrack_firewall_allows_replies_only() {
     assert_eq!(x.actions, vec![flows::xlate::DpAction::Output(1)], "{text}");
 }
 
+/// TCP flags of an untagged IPv4/TCP frame, `None` for anything else.
+fn tcp_flags(f: &[u8]) -> Option<u8> {
+    if f.get(12..14)? != [0x08, 0x00] || *f.get(23)? != 6 {
+        return None;
+    }
+    let ihl = (f.get(14)? & 0x0f) as usize * 4;
+    f.get(14 + ihl + 13).copied()
+}
+
+#[test]
+fn lost_handshake_ack_recovered_through_conntrack() {
+    // The client's final ACK passes the switch (conntrack now says
+    // ESTABLISHED) but is lost before the server. The server retransmits
+    // its SYN+ACK; conntrack must let that through (as OVS and Linux do)
+    // so that the client re-acknowledges it. The client sends nothing
+    // else, as with server-speaks-first protocols (SSH, SMTP).
+    let sw = start();
+    let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
+    let mut p2 = SimPod::attach(&sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
+    add(&sw, FIREWALL);
+    let mut lost = false;
+    p2.dev.rx_loss = Some(Box::new(move |f| {
+        if !lost && tcp_flags(f) == Some(0x10) {
+            lost = true;
+            return true;
+        }
+        false
+    }));
+    let server = p2.tcp_listen(22);
+    let client = p1.tcp_connect(p2.ip, 22, 40100);
+    establish_on(Some(&sw), &mut p1, client, &mut p2, server);
+    let banner = b"SSH-2.0-ferrovs\r\n".to_vec();
+    assert!(transfer(&mut p2, server, &mut p1, client, &banner) == banner);
+    assert_eq!(drops(&sw, "action_drop"), 0);
+}
+
 const VIP: &str = "10.96.0.10";
 const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 

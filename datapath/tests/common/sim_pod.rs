@@ -42,8 +42,10 @@ use smoltcp::wire::{
 /// in one poll (keeps one poll bounded).
 const MAX_RX_PER_POLL: usize = 256;
 
+/// Decides whether a frame arriving at a pod is lost (true = drop).
+pub type RxLoss = Box<dyn FnMut(&[u8]) -> bool>;
+
 /// The smoltcp device of a pod: the far end of a [`MemPort`].
-#[derive(Debug)]
 pub struct PodDevice {
     /// Frames the pod transmits (the switch receives them).
     to_switch: FrameQueue,
@@ -60,6 +62,19 @@ pub struct PodDevice {
     pub tx_frames: u64,
     /// Frames received so far.
     pub rx_frames: u64,
+    /// Loses frames from the switch that it selects (to simulate loss
+    /// between the switch and the pod).
+    pub rx_loss: Option<RxLoss>,
+}
+
+impl std::fmt::Debug for PodDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodDevice")
+            .field("tx_frames", &self.tx_frames)
+            .field("rx_frames", &self.rx_frames)
+            .field("static_neigh", &self.static_neigh)
+            .finish()
+    }
 }
 
 /// Receive token: owns the frame.
@@ -144,8 +159,14 @@ impl Device for PodDevice {
                 if self.rx_this_poll >= MAX_RX_PER_POLL {
                     return None;
                 }
-                let f = self.from_switch.lock().unwrap().pop_front()?;
-                self.rx_this_poll += 1;
+                let f = loop {
+                    let f = self.from_switch.lock().unwrap().pop_front()?;
+                    self.rx_this_poll += 1;
+                    let lost = self.rx_loss.as_mut().is_some_and(|lose| lose(&f));
+                    if !lost {
+                        break f;
+                    }
+                };
                 f
             }
         };
@@ -236,6 +257,7 @@ impl SimPod {
             rx_this_poll: 0,
             tx_frames: 0,
             rx_frames: 0,
+            rx_loss: None,
         };
         let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         cfg.random_seed = u32::from(ip) as u64;
