@@ -272,6 +272,15 @@ fn conntrack_firewall_allows_replies_only() {
         .unwrap();
     assert_eq!(c.tcp_state, Some(TcpState::TimeWait), "{c}");
 
+    // Reusing the same ports while conntrack is in TIME_WAIT: the new SYN
+    // reopens the connection.
+    p1.sockets.remove(client);
+    p2.sockets.remove(server);
+    let server = p2.tcp_listen(80);
+    let client = p1.tcp_connect(p2.ip, 80, 40001);
+    establish_on(Some(&sw), &mut p1, client, &mut p2, server);
+    assert!(transfer(&mut p1, client, &mut p2, server, b"again") == b"again");
+
     // Trace of a recirculated reply packet: starts in table 1 with the
     // conntrack state the first pass gave it.
     let key = parse_packet(
