@@ -517,7 +517,14 @@ fn tcp_update(tcp: &mut TcpConn, reply: bool, flags: u8) -> TcpVerdict {
         }
         TcpState::Established | TcpState::FinWait => {
             if syn {
-                return TcpVerdict::Invalid;
+                // A retransmitted SYN+ACK (the originator's final ACK was
+                // lost after we saw it) must reach the originator so it
+                // acknowledges again; OVS and Linux let it through.
+                return if reply && ack {
+                    TcpVerdict::Valid
+                } else {
+                    TcpVerdict::Invalid
+                };
             }
             if fin {
                 tcp.fins |= dir_bit;
@@ -1186,6 +1193,26 @@ mod tests {
             TRK | EST | RPL
         );
         assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn tcp_synack_retransmit_after_established_is_valid() {
+        let mut ct = ct();
+        let t = tcp(A, 1234, B, 80);
+        ct.execute(&seg(t, SYN, true), 0);
+        ct.execute(&seg(t.reverse(), SYN | ACK, false), 10);
+        ct.execute(&seg(t, ACK, false), 20);
+        assert_eq!(tcp_state(&ct), TcpState::Established);
+        // The ACK was lost past the switch: the server sends SYN+ACK again.
+        let out = ct.execute(&seg(t.reverse(), SYN | ACK, false), 30);
+        assert_eq!(out.state, TRK | EST | RPL);
+        assert_eq!(tcp_state(&ct), TcpState::Established);
+        // A SYN from either side of an established connection is not.
+        assert_eq!(ct.execute(&seg(t, SYN, false), 40).state, TRK | INV);
+        assert_eq!(
+            ct.execute(&seg(t.reverse(), SYN, false), 50).state,
+            TRK | INV
+        );
     }
 
     #[test]

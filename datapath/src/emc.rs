@@ -54,15 +54,24 @@ impl Default for Emc {
     }
 }
 
-/// Hash of a full key: multiply-fold of the words. Cheap, and good enough
-/// for a direct-mapped cache whose collisions only cost a miss.
+/// Hash of a full key: multiply-fold of the words, then a final avalanche
+/// (the 64-bit finaliser of MurmurHash3). Multiplication only carries bits
+/// upwards, so without the finaliser fields in the high bits of a word
+/// (`in_port`, `tp_src`, `recirc_id`...) never reached the low bits that
+/// pick the slot: every connection between two hosts, and every
+/// recirculation of one packet, fought over one slot.
 #[inline]
 pub fn key_hash(k: &FlowKey) -> u32 {
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..KEY_WORDS {
         h = (h ^ k.w[i]).wrapping_mul(0xff51_afd7_ed55_8ccd);
     }
-    (h >> 32) as u32 ^ h as u32
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
 }
 
 impl Emc {
@@ -218,5 +227,26 @@ mod tests {
         let mut k2 = k;
         k2.set(Field::InPort, 2);
         assert!(emc.lookup(&k2, key_hash(&k2), 1, 0, 60).is_none());
+    }
+
+    #[test]
+    fn keys_differing_in_high_bits_spread_over_slots() {
+        // tp_src, in_port and recirc_id live in the high bits of their
+        // words; each must still move a key to another slot.
+        for f in [Field::TpSrc, Field::InPort, Field::RecircId, Field::TpDst] {
+            let slots: std::collections::HashSet<usize> = (1..=256u64)
+                .map(|v| {
+                    let mut k = FlowKey::ZERO;
+                    k.set(Field::NwProto, 6);
+                    k.set(f, v);
+                    key_hash(&k) as usize & (EMC_SIZE - 1)
+                })
+                .collect();
+            assert!(
+                slots.len() > 240,
+                "{f:?}: 256 keys in {} slots",
+                slots.len()
+            );
+        }
     }
 }

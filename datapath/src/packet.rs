@@ -368,6 +368,86 @@ pub fn set_icmp_id(frame: &mut [u8], layout: &Layout, id: u16) -> bool {
         && wr16(frame, l4 + 2, checksum_replace16(csum, old, id)).is_some()
 }
 
+/// Rewrites the packet embedded in an ICMP error (NAT of a related error):
+/// its addresses and ports to `to` (an embedded ICMP echo takes `to.3` as
+/// its identifier), fixing the embedded IPv4 header checksum, the embedded
+/// TCP/UDP/ICMP checksum where the error carries it, and the error's own
+/// ICMP checksum (recomputed over the message: errors are rare and short).
+/// `to` is `(src, dst, sport, dport)`. False if the frame is not an ICMP
+/// message with an embedded IPv4 header.
+pub fn set_icmp_inner(
+    frame: &mut [u8],
+    layout: &Layout,
+    to: (Ipv4Addr, Ipv4Addr, u16, u16),
+) -> bool {
+    let Some(l4) = layout.l4 else { return false };
+    if layout.l4_kind != L4Kind::Icmp {
+        return false;
+    }
+    let l4 = l4 as usize;
+    let end = (layout.l3 as usize + layout.ip_total_len as usize).min(frame.len());
+    let ip = l4 + 8;
+    let Some(&vihl) = frame.get(ip) else {
+        return false;
+    };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 || ip + ihl > end {
+        return false;
+    }
+    let proto = frame[ip + 9];
+    let l4i = ip + ihl;
+    let csum_at = match proto {
+        6 => Some(l4i + 16),
+        17 => Some(l4i + 6),
+        1 => Some(l4i + 2),
+        _ => None,
+    }
+    .filter(|at| at + 2 <= end);
+    // The embedded L4 checksum, if carried (UDP 0 = none, stays none).
+    let mut l4csum = csum_at
+        .and_then(|at| rd16(frame, at))
+        .filter(|c| proto != 17 || *c != 0);
+    let pseudo = matches!(proto, 6 | 17);
+    for (off, new) in [(12, u32::from(to.0)), (16, u32::from(to.1))] {
+        let (Some(old), Some(ipc)) = (rd32(frame, ip + off), rd16(frame, ip + 10)) else {
+            return false;
+        };
+        if old == new {
+            continue;
+        }
+        frame[ip + off..ip + off + 4].copy_from_slice(&new.to_be_bytes());
+        let _ = wr16(frame, ip + 10, checksum_replace32(ipc, old, new));
+        if pseudo {
+            l4csum = l4csum.map(|c| checksum_replace32(c, old, new));
+        }
+    }
+    let ports: &[(usize, u16)] = match proto {
+        6 | 17 => &[(0, to.2), (2, to.3)],
+        1 => &[(4, to.2)],
+        _ => &[],
+    };
+    for &(off, new) in ports {
+        if l4i + off + 2 > end {
+            continue;
+        }
+        let Some(old) = rd16(frame, l4i + off) else {
+            continue;
+        };
+        let _ = wr16(frame, l4i + off, new);
+        l4csum = l4csum.map(|c| checksum_replace16(c, old, new));
+    }
+    if let (Some(at), Some(mut c)) = (csum_at, l4csum) {
+        if proto == 17 && c == 0 {
+            c = 0xffff;
+        }
+        let _ = wr16(frame, at, c);
+    }
+    let _ = wr16(frame, l4 + 2, 0);
+    let c = internet_checksum(&frame[l4..end]);
+    let _ = wr16(frame, l4 + 2, c);
+    true
+}
+
 /// The 5-tuple of the IPv4 header embedded in an ICMP error whose ICMP
 /// header starts at `l4`: `(src, dst, proto, sport, dport)`, with an
 /// embedded ICMP echo giving its identifier as `sport` and 0 as `dport`.
@@ -400,6 +480,63 @@ mod tests {
     use flows::field::Field;
     use flows::key::FlowKey;
     use proptest::prelude::*;
+
+    #[test]
+    fn icmp_error_inner_rewrite_keeps_all_checksums() {
+        // Port unreachable 10.0.0.2 -> 10.0.0.1 about UDP
+        // 10.0.0.100:40003 -> 10.0.0.2:9999 with 4 bytes of payload.
+        let mut inner = vec![
+            0x45, 0, 0, 32, 0, 7, 0, 0, 64, 17, 0, 0, 10, 0, 0, 100, 10, 0, 0, 2, // IPv4
+            0x9c, 0x43, 0x27, 0x0f, 0, 12, 0, 0, b'a', b'b', b'c', b'd', // UDP
+        ];
+        let c = internet_checksum(&inner[..20]);
+        inner[10..12].copy_from_slice(&c.to_be_bytes());
+        let udp_sum = |p: &[u8]| {
+            let mut s = checksum_add(0, &p[12..20]);
+            s = checksum_add(s, &[0, 17, 0, 12]);
+            !checksum_fold(checksum_add(s, &p[20..32]))
+        };
+        let c = udp_sum(&inner);
+        inner[26..28].copy_from_slice(&c.to_be_bytes());
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&inner);
+        let c = internet_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let tot = (20 + icmp.len()) as u8;
+        let mut ip = vec![
+            0x45, 0, 0, tot, 0, 9, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let c = internet_checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&icmp);
+        let l = layout(&f);
+        let outer = f[..34].to_vec();
+        let to = (
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            33100,
+            9999,
+        );
+        assert!(set_icmp_inner(&mut f, &l, to));
+        let icmp = &f[34..];
+        assert_eq!(internet_checksum(icmp), 0, "ICMP checksum");
+        let inner = &icmp[8..];
+        assert_eq!(internet_checksum(&inner[..20]), 0, "inner IP checksum");
+        assert_eq!(&inner[12..20], &[10, 0, 0, 1, 10, 0, 0, 2]);
+        assert_eq!(&inner[20..24], &[0x81, 0x4c, 0x27, 0x0f]);
+        let mut z = inner.to_vec();
+        let got = u16::from_be_bytes([z[26], z[27]]);
+        z[26..28].copy_from_slice(&[0, 0]);
+        assert_eq!(got, udp_sum(&z), "inner UDP checksum");
+        assert_eq!(f[..34], outer[..], "outer headers untouched");
+        // Not an ICMP frame: nothing happens.
+        let mut tcp = TCP_SYN;
+        let lt = layout(&tcp);
+        assert!(!set_icmp_inner(&mut tcp, &lt, to));
+        assert_eq!(tcp, TCP_SYN);
+    }
 
     fn layout(f: &[u8]) -> Layout {
         extract(f, 1, &mut FlowKey::default()).unwrap()

@@ -408,6 +408,10 @@ impl Engine {
                 }
             }
         }
+        if let Some(t) = out.rewrite_inner {
+            // A related ICMP error: the embedded packet is NATed too.
+            packet::set_icmp_inner(pkt.bytes_mut(), layout, (t.src, t.dst, t.sport, t.dport));
+        }
         out.state
     }
 
@@ -700,11 +704,15 @@ impl Worker {
     pub fn poll_once(&mut self) -> usize {
         let mut total = 0;
         for r in &mut self.rx {
-            self.eng.refresh();
             let n = r.rx.recv(BATCH);
             if n == 0 {
                 continue;
             }
+            // Refresh after the frames are in hand, not before: a pipeline
+            // published before a frame was queued must apply to it, or a
+            // `Switch::apply` that has returned could still be ignored by
+            // the packets that follow it.
+            self.eng.refresh();
             let mut bytes = 0u64;
             for i in 0..n {
                 let f = r.rx.frame(i);
@@ -722,6 +730,11 @@ impl Worker {
                 .fetch_add(bytes, Ordering::Relaxed);
             self.eng.flush();
             total += n;
+        }
+        if total == 0 {
+            // Idle: still drop references to old port tables promptly so
+            // removed ports close.
+            self.eng.refresh();
         }
         total
     }
