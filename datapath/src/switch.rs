@@ -270,6 +270,8 @@ pub struct SwitchConfig {
     pub threads: usize,
     /// CPUs to pin poll threads to (by index; empty = no pinning).
     pub cores: Vec<usize>,
+    /// Connection-tracker limits and timeouts.
+    pub conntrack: crate::conntrack::CtConfig,
 }
 
 impl Default for SwitchConfig {
@@ -277,6 +279,7 @@ impl Default for SwitchConfig {
         SwitchConfig {
             threads: 1,
             cores: Vec::new(),
+            conntrack: Default::default(),
         }
     }
 }
@@ -300,7 +303,7 @@ impl Switch {
             ports: ArcSwap::from_pointee(PortTable::default()),
             macs: Mutex::new(MacTable::default()),
             mac_gen: AtomicU64::new(0),
-            ct: Mutex::new(ConnTrack::new(Default::default())),
+            ct: Mutex::new(ConnTrack::new(cfg.conntrack)),
             neigh: ArcSwap::from_pointee(HashMap::new()),
             threads: (0..n)
                 .map(|_| CachePadded::new(ThreadStats::default()))

@@ -8,6 +8,11 @@
 //! metrics = "127.0.0.1:9477"   # optional Prometheus endpoint
 //! flows = "/etc/ferrovs/flows.txt"  # optional, installed at start
 //!
+//! [conntrack]            # optional; seconds, OVS defaults
+//! max_connections = 3000000
+//! tcp_established = 86400
+//! udp_first = 30
+//!
 //! [[port]]
 //! name = "veth-a"        # interface name
 //! ofport = 1
@@ -29,6 +34,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use datapath::conntrack::CtConfig;
 use flows::pipeline::VlanMode;
 use serde::Deserialize;
 
@@ -84,8 +90,24 @@ struct RawConfig {
     socket: Option<PathBuf>,
     metrics: Option<String>,
     flows: Option<PathBuf>,
+    conntrack: Option<RawConntrack>,
     #[serde(default)]
     port: Vec<RawPort>,
+}
+
+/// `[conntrack]`: limits and timeouts in seconds (OVS defaults).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConntrack {
+    max_connections: Option<usize>,
+    tcp_syn_sent: Option<u64>,
+    tcp_established: Option<u64>,
+    tcp_fin_wait: Option<u64>,
+    tcp_closed: Option<u64>,
+    udp_first: Option<u64>,
+    udp_multiple: Option<u64>,
+    icmp: Option<u64>,
+    other: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,7 +166,7 @@ pub enum PortKind {
 }
 
 /// The whole configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Bridge name.
     pub bridge: String,
@@ -158,6 +180,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// Flows file installed at start.
     pub flows: Option<PathBuf>,
+    /// Connection tracking.
+    pub conntrack: CtConfig,
     /// Ports.
     pub ports: Vec<PortConfig>,
 }
@@ -236,8 +260,37 @@ impl Config {
             }
             ports.push(pc);
         }
+        let mut conntrack = CtConfig::default();
+        if let Some(c) = raw.conntrack {
+            if let Some(n) = c.max_connections {
+                conntrack.max_conns = n;
+            }
+            let t = &mut conntrack.timeouts;
+            for (v, slot) in [
+                (c.tcp_syn_sent, &mut t.tcp_syn_sent),
+                (c.tcp_established, &mut t.tcp_established),
+                (c.tcp_fin_wait, &mut t.tcp_fin_wait),
+                (c.tcp_closed, &mut t.tcp_closed),
+                (c.udp_first, &mut t.udp_first),
+                (c.udp_multiple, &mut t.udp_multiple),
+                (c.icmp, &mut t.icmp),
+                (c.other, &mut t.other),
+            ] {
+                if let Some(secs) = v {
+                    if secs == 0 {
+                        return Err(ConfigError::Field {
+                            path: path.into(),
+                            field: "conntrack",
+                            msg: "timeouts must be at least 1 second".into(),
+                        });
+                    }
+                    *slot = secs.saturating_mul(1000);
+                }
+            }
+        }
         Ok(Config {
             bridge,
+            conntrack,
             threads,
             cores,
             socket,

@@ -138,6 +138,7 @@ fn run() -> anyhow::Result<()> {
     let switch = Switch::start(&SwitchConfig {
         threads: cfg.threads,
         cores: cfg.cores.clone(),
+        conntrack: cfg.conntrack,
     })?;
     let mut daemon = Daemon::new(
         switch,
