@@ -54,14 +54,21 @@ impl Default for Emc {
     }
 }
 
-/// Hash of a full key: multiply-fold of the words. Cheap, and good enough
-/// for a direct-mapped cache whose collisions only cost a miss.
+/// Hash of a full key: multiply-fold of the words, then a final mix.
+///
+/// A multiplication only carries bits upwards, so without the final
+/// shift-xor-multiply the high bits of each word (`in_port`, `tp_src`, the
+/// top of `dl_dst`) would never reach the low bits that pick a slot, and
+/// keys differing only there (every connection between the same two hosts)
+/// would all share one slot.
 #[inline]
 pub fn key_hash(k: &FlowKey) -> u32 {
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..KEY_WORDS {
         h = (h ^ k.w[i]).wrapping_mul(0xff51_afd7_ed55_8ccd);
     }
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     (h >> 32) as u32 ^ h as u32
 }
 
@@ -218,5 +225,25 @@ mod tests {
         let mut k2 = k;
         k2.set(Field::InPort, 2);
         assert!(emc.lookup(&k2, key_hash(&k2), 1, 0, 60).is_none());
+    }
+
+    #[test]
+    fn keys_differing_in_high_bits_spread_over_slots() {
+        let slot = |k: &FlowKey| key_hash(k) as usize & (EMC_SIZE - 1);
+        let mut k = FlowKey::ZERO;
+        k.set(Field::NwSrc, 0x0a00_0001);
+        k.set(Field::NwDst, 0x0a00_0002);
+        let mut slots = std::collections::HashSet::new();
+        for sport in 40000..40064 {
+            k.set(Field::TpSrc, sport);
+            slots.insert(slot(&k));
+        }
+        assert!(slots.len() > 56, "tp_src: {} slots for 64 keys", slots.len());
+        let mut slots = std::collections::HashSet::new();
+        for port in 1..=64 {
+            k.set(Field::InPort, port);
+            slots.insert(slot(&k));
+        }
+        assert!(slots.len() > 56, "in_port: {} slots for 64 keys", slots.len());
     }
 }
