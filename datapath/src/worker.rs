@@ -80,10 +80,41 @@ struct RxPort {
 }
 
 /// Frames staged for one destination during a batch.
+///
+/// `data` only grows (zero-filled once, when it does); `used` is how much
+/// of it holds staged frames, so staging a frame never clears memory.
 #[derive(Default, Debug)]
 struct StageQ {
     data: Vec<u8>,
+    used: usize,
     frames: Vec<(u32, u32)>,
+}
+
+impl StageQ {
+    /// Room for one more frame of up to `MAX_FRAME + HEADROOM` bytes.
+    #[inline]
+    fn room(&mut self) -> &mut [u8] {
+        let need = self.used + MAX_FRAME + HEADROOM;
+        if self.data.len() < need {
+            self.grow(need);
+        }
+        &mut self.data[self.used..need]
+    }
+    #[cold]
+    fn grow(&mut self, need: usize) {
+        self.data.resize(need, 0);
+    }
+    /// Records the `n` bytes just written at the start of [`StageQ::room`].
+    #[inline]
+    fn commit(&mut self, n: usize) {
+        self.frames.push((self.used as u32, n as u32));
+        self.used += n;
+    }
+    #[inline]
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.used = 0;
+    }
 }
 
 /// Everything a poll thread needs except its receive ports, so packet
@@ -426,7 +457,8 @@ impl Engine {
     }
 
     /// Stages a frame for port `no`: `fill` writes it into the given
-    /// buffer and returns its length.
+    /// buffer and returns its length. The buffer holds stale bytes of
+    /// earlier frames, so `fill` must write every byte it counts.
     #[inline]
     fn stage_frame(&mut self, no: PortNo, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
         let Some(i) = self.ports.index(no) else {
@@ -434,14 +466,11 @@ impl Engine {
             return false;
         };
         let q = &mut self.stage[i];
-        let start = q.data.len();
-        q.data.resize(start + MAX_FRAME + HEADROOM, 0);
-        let n = fill(&mut q.data[start..]);
-        q.data.truncate(start + n);
+        let n = fill(q.room());
         if n == 0 {
             return false;
         }
-        q.frames.push((start as u32, n as u32));
+        q.commit(n);
         if q.frames.len() >= 2 * BATCH {
             self.flush_one(i);
         }
@@ -524,8 +553,7 @@ impl Engine {
         } else {
             failed = q.frames.len() as u64;
         }
-        q.frames.clear();
-        q.data.clear();
+        q.clear();
         let c = &port.counters;
         c.tx_packets.fetch_add(sent, Ordering::Relaxed);
         c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -567,8 +595,7 @@ impl Engine {
             return 0;
         };
         let n = self.stage[i].frames.len();
-        self.stage[i].frames.clear();
-        self.stage[i].data.clear();
+        self.stage[i].clear();
         n
     }
 }
