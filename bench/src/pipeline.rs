@@ -193,7 +193,12 @@ pub struct Bench {
 
 impl std::fmt::Debug for RxBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RxBatch(port {}, {} frames)", self.port.no, self.frames.len())
+        write!(
+            f,
+            "RxBatch(port {}, {} frames)",
+            self.port.no,
+            self.frames.len()
+        )
     }
 }
 
@@ -243,7 +248,9 @@ pub fn k8s_flows() -> (Vec<String>, Vec<String>) {
     f.push("table=30,priority=900,udp,reg0=0x1/0xffff,nw_dst=10.244.0.0/24,tp_dst=8080 actions=goto_table:35".into());
     f.push("table=30,priority=900,tcp,reg0=0x1/0xffff,nw_dst=10.244.0.0/24,tp_dst=8080 actions=goto_table:35".into());
     f.push("table=30,priority=0 actions=drop".into());
-    f.push("table=35,priority=100,ct_state=+new+trk,ip actions=ct(commit,zone=1),goto_table:40".into());
+    f.push(
+        "table=35,priority=100,ct_state=+new+trk,ip actions=ct(commit,zone=1),goto_table:40".into(),
+    );
     f.push("table=35,priority=0 actions=goto_table:40".into());
     for (ip, port) in [(POD_A, 1), (POD_B, 2), (POD_C, 3)] {
         f.push(format!(
@@ -274,9 +281,7 @@ impl Bench {
             };
             let p = SinkPort::new(&format!("p{no}"));
             sinks.push(p.sent.clone());
-            switch
-                .add_port(no, Box::new(p), vlan)
-                .expect("add port");
+            switch.add_port(no, Box::new(p), vlan).expect("add port");
         }
         let ports = switch.ports();
         let port = |no: PortNo| ports.get(no).expect("port").clone();
@@ -317,7 +322,9 @@ impl Bench {
                 let (flows, groups) = k8s_flows();
                 let mut mods: Vec<FlowMod> = groups
                     .iter()
-                    .map(|g| FlowMod::AddGroup(parse_group(g).unwrap_or_else(|e| panic!("{g}: {e}"))))
+                    .map(|g| {
+                        FlowMod::AddGroup(parse_group(g).unwrap_or_else(|e| panic!("{g}: {e}")))
+                    })
                     .collect();
                 mods.extend(flow_mods(&flows));
                 b.switch.apply(&mods).expect("flows");
@@ -336,7 +343,15 @@ impl Bench {
                 for c in &conns {
                     let be = c.reply.src;
                     let side = usize::from(be == POD_C);
-                    let f = udp_frame(mac(10), mac(be.octets()[3]), None, be, POD_A, 8080, c.orig.sport);
+                    let f = udp_frame(
+                        mac(10),
+                        mac(be.octets()[3]),
+                        None,
+                        be,
+                        POD_A,
+                        8080,
+                        c.orig.sport,
+                    );
                     replies[side].push(f);
                 }
                 for (side, fr) in replies.iter().enumerate() {
@@ -372,7 +387,10 @@ impl Bench {
 
     /// Frames sent to each port so far (port 1 first).
     pub fn sent(&self) -> Vec<u64> {
-        self.sinks.iter().map(|s| s.load(Ordering::Relaxed)).collect()
+        self.sinks
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Restores the receive buffers of every batch (rewrites are done in
@@ -400,7 +418,8 @@ impl Bench {
                 self.engine.process(&b.port, f, &mut self.scratch);
             }
             let c = &b.port.counters;
-            c.rx_packets.fetch_add(b.bufs.len() as u64, Ordering::Relaxed);
+            c.rx_packets
+                .fetch_add(b.bufs.len() as u64, Ordering::Relaxed);
             c.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
             self.engine.flush();
             total += b.bufs.len();
@@ -431,12 +450,19 @@ mod tests {
             let st = b.switch.stats();
             let out: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
             assert_eq!(out, n as u64, "{case:?}: every frame sent once");
-            assert_eq!(st.upcalls, st0.upcalls, "{case:?}: no upcalls in steady state");
+            assert_eq!(
+                st.upcalls, st0.upcalls,
+                "{case:?}: no upcalls in steady state"
+            );
             let drops: u64 = st.drops.iter().map(|d| d.1).sum();
             assert_eq!(drops, 0, "{case:?}: drops {:?}", st.drops);
             match case {
                 Case::L2 | Case::NormalVlan => assert_eq!(after[1] - before[1], n as u64),
-                Case::K8s => assert_eq!(after[0] - before[0], (n - BATCH) as u64, "replies to the client"),
+                Case::K8s => assert_eq!(
+                    after[0] - before[0],
+                    (n - BATCH) as u64,
+                    "replies to the client"
+                ),
             }
         }
     }

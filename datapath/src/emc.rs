@@ -238,12 +238,20 @@ mod tests {
             k.set(Field::TpSrc, sport);
             slots.insert(slot(&k));
         }
-        assert!(slots.len() > 56, "tp_src: {} slots for 64 keys", slots.len());
+        assert!(
+            slots.len() > 56,
+            "tp_src: {} slots for 64 keys",
+            slots.len()
+        );
         let mut slots = std::collections::HashSet::new();
         for port in 1..=64 {
             k.set(Field::InPort, port);
             slots.insert(slot(&k));
         }
-        assert!(slots.len() > 56, "in_port: {} slots for 64 keys", slots.len());
+        assert!(
+            slots.len() > 56,
+            "in_port: {} slots for 64 keys",
+            slots.len()
+        );
     }
 }

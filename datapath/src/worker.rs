@@ -252,7 +252,7 @@ impl Engine {
             Ok(l) => l,
             Err(r) => return self.drop_pkt(r),
         };
-        self.run(key, layout, &mut pkt, 0);
+        self.run(&mut key, layout, &mut pkt, 0);
     }
 
     /// Tunnel endpoint on an underlay port: decapsulates VXLAN for us (and
@@ -309,18 +309,25 @@ impl Engine {
         None
     }
 
-    fn run(&mut self, mut key: FlowKey, mut layout: Layout, pkt: &mut Pkt<'_>, mut recircs: usize) {
+    fn run(
+        &mut self,
+        key: &mut FlowKey,
+        mut layout: Layout,
+        pkt: &mut Pkt<'_>,
+        mut recircs: usize,
+    ) {
         'recirc: loop {
-            let hash = key_hash(&key);
+            let key: &mut FlowKey = &mut *key;
+            let hash = key_hash(key);
             let bytes = pkt.len as u64;
             let flow = match self
                 .emc
-                .lookup(&key, hash, self.pipeline.version, self.mac_gen, bytes)
+                .lookup(key, hash, self.pipeline.version, self.mac_gen, bytes)
             {
                 Some(f) => f,
                 None => {
-                    let f = self.upcall(&key);
-                    self.emc.insert(&key, hash, f.clone(), bytes, self.now_ms);
+                    let f = self.upcall(key);
+                    self.emc.insert(key, hash, f.clone(), bytes, self.now_ms);
                     f
                 }
             };
@@ -337,7 +344,7 @@ impl Engine {
             let mut tun = (0u64, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
             for a in actions.iter() {
                 match a {
-                    DpAction::Output(p) => self.output(*p, pkt, &key, tun),
+                    DpAction::Output(p) => self.output(*p, pkt, key, tun),
                     DpAction::SetField(f, v) => {
                         packet::set_field(pkt.bytes_mut(), &layout, *f, *v);
                     }
@@ -371,14 +378,14 @@ impl Engine {
                     }
                     DpAction::Controller => self.controller += 1,
                     DpAction::Ct { args, frozen } => {
-                        let state = self.conntrack(args, pkt, &layout, &key);
+                        let state = self.conntrack(args, pkt, &layout, key);
                         let Some(t) = args.table else { continue };
                         recircs += 1;
                         if recircs > MAX_RECIRC {
                             return self.drop_pkt(DropReason::TooDeep);
                         }
-                        key = **frozen;
-                        match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, &mut key) {
+                        *key = **frozen;
+                        match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, key) {
                             Ok(l) => layout = l,
                             Err(r) => return self.drop_pkt(r),
                         }
@@ -465,6 +472,12 @@ impl Engine {
             self.drop_pkt(DropReason::NoSuchPort);
             return false;
         };
+        self.stage_at(i, fill)
+    }
+
+    /// [`Engine::stage_frame`] for the port at dense index `i`.
+    #[inline]
+    fn stage_at(&mut self, i: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
         let q = &mut self.stage[i];
         let n = fill(q.room());
         if n == 0 {
@@ -477,10 +490,31 @@ impl Engine {
         true
     }
 
+    #[inline]
     fn output(&mut self, no: PortNo, pkt: &Pkt<'_>, key: &FlowKey, tun: (u64, Ipv4Addr, Ipv4Addr)) {
-        let Some(port) = self.ports.get(no).cloned() else {
+        let Some(i) = self.ports.index(no) else {
             return self.drop_pkt(DropReason::NoSuchPort);
         };
+        if matches!(self.ports.ports[i].role, PortRole::Vxlan { .. }) {
+            let port = self.ports.ports[i].clone();
+            return self.output_tunnel(&port, pkt, key, tun);
+        }
+        let b = pkt.bytes();
+        self.stage_at(i, |out| {
+            out[..b.len()].copy_from_slice(b);
+            b.len()
+        });
+    }
+
+    /// Output to a VXLAN port: encapsulates onto its underlay.
+    #[inline(never)]
+    fn output_tunnel(
+        &mut self,
+        port: &PortState,
+        pkt: &Pkt<'_>,
+        key: &FlowKey,
+        tun: (u64, Ipv4Addr, Ipv4Addr),
+    ) {
         match &port.role {
             PortRole::Vxlan { cfg, underlay } => {
                 let remote = if tun.2.is_unspecified() {
@@ -519,7 +553,7 @@ impl Engine {
             }
             _ => {
                 let b = pkt.bytes();
-                self.stage_frame(no, |out| {
+                self.stage_frame(port.no, |out| {
                     out[..b.len()].copy_from_slice(b);
                     b.len()
                 });
