@@ -94,7 +94,8 @@ impl Emc {
     }
 
     /// Looks `key` up; on a valid hit credits `bytes` to the entry and
-    /// returns its translation.
+    /// returns its slot (see [`Emc::flow_at`]), valid until the next
+    /// `insert` or `clear`.
     #[inline]
     pub fn lookup(
         &mut self,
@@ -103,7 +104,7 @@ impl Emc {
         version: u64,
         mac_gen: u64,
         bytes: u64,
-    ) -> Option<Arc<CachedFlow>> {
+    ) -> Option<usize> {
         let idx = hash as usize & (EMC_SIZE - 1);
         let slot = &mut self.slots[idx];
         if let Some(f) = &slot.flow {
@@ -118,15 +119,23 @@ impl Emc {
                 slot.pending_packets += 1;
                 slot.pending_bytes += bytes;
                 self.hits += 1;
-                return Some(f.clone());
+                return Some(idx);
             }
         }
         self.misses += 1;
         None
     }
 
+    /// The translation in slot `idx` (from [`Emc::lookup`] or
+    /// [`Emc::insert`]).
+    #[inline]
+    pub fn flow_at(&self, idx: usize) -> Option<&CachedFlow> {
+        self.slots.get(idx)?.flow.as_deref()
+    }
+
     /// Stores a fresh translation for `key` (evicting whatever was in the
-    /// slot after crediting its pending counters) and credits this packet.
+    /// slot after crediting its pending counters), credits this packet,
+    /// and returns the slot.
     pub fn insert(
         &mut self,
         key: &FlowKey,
@@ -134,7 +143,7 @@ impl Emc {
         flow: Arc<CachedFlow>,
         bytes: u64,
         now_ms: u64,
-    ) {
+    ) -> usize {
         let idx = hash as usize & (EMC_SIZE - 1);
         let slot = &mut self.slots[idx];
         credit(slot, now_ms);
@@ -144,6 +153,7 @@ impl Emc {
         slot.pending_packets = 1;
         slot.pending_bytes = bytes;
         self.dirty.push(idx as u32);
+        idx
     }
 
     /// Credits pending hits to flow and table counters; call once a batch.

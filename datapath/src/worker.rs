@@ -320,19 +320,24 @@ impl Engine {
             let key: &mut FlowKey = &mut *key;
             let hash = key_hash(key);
             let bytes = pkt.len as u64;
-            let flow = match self
+            let slot = match self
                 .emc
                 .lookup(key, hash, self.pipeline.version, self.mac_gen, bytes)
             {
-                Some(f) => f,
+                Some(i) => i,
                 None => {
                     let f = self.upcall(key);
-                    self.emc.insert(key, hash, f.clone(), bytes, self.now_ms);
-                    f
+                    self.emc.insert(key, hash, f, bytes, self.now_ms)
                 }
             };
-            let actions = &flow.x.actions;
-            if actions.is_empty() {
+            // The translation stays in its cache slot while its actions run
+            // (nothing below inserts), so it is borrowed afresh per action
+            // instead of holding a reference count per packet.
+            let Some(flow) = self.emc.flow_at(slot) else {
+                return;
+            };
+            let n_actions = flow.x.actions.len();
+            if n_actions == 0 {
                 let r = match flow.x.drop {
                     Some(XlateDrop::TableMiss) => DropReason::NoFlow,
                     Some(XlateDrop::TooDeep) => DropReason::TooDeep,
@@ -342,19 +347,26 @@ impl Engine {
                 return self.drop_pkt(r);
             }
             let mut tun = (0u64, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
-            for a in actions.iter() {
+            for ai in 0..n_actions {
+                let Some(a) = self.emc.flow_at(slot).and_then(|f| f.x.actions.get(ai)) else {
+                    break;
+                };
                 match a {
-                    DpAction::Output(p) => self.output(*p, pkt, key, tun),
+                    DpAction::Output(p) => {
+                        let p = *p;
+                        self.output(p, pkt, key, tun)
+                    }
                     DpAction::SetField(f, v) => {
                         packet::set_field(pkt.bytes_mut(), &layout, *f, *v);
                     }
                     DpAction::PushVlan(tci) => {
+                        let tci = *tci;
                         if !pkt.move_to_scratch() || pkt.start < 4 {
                             return self.drop_pkt(DropReason::TooBig);
                         }
                         pkt.start -= 4;
                         pkt.len += 4;
-                        packet::push_vlan_front(pkt.bytes_mut(), &mut layout, *tci);
+                        packet::push_vlan_front(pkt.bytes_mut(), &mut layout, tci);
                     }
                     DpAction::PopVlan => {
                         if packet::pop_vlan_front(pkt.bytes_mut(), &mut layout) {
@@ -378,13 +390,14 @@ impl Engine {
                     }
                     DpAction::Controller => self.controller += 1,
                     DpAction::Ct { args, frozen } => {
-                        let state = self.conntrack(args, pkt, &layout, key);
+                        let (args, frozen) = (*args, **frozen);
+                        let state = self.conntrack(&args, pkt, &layout, key);
                         let Some(t) = args.table else { continue };
                         recircs += 1;
                         if recircs > MAX_RECIRC {
                             return self.drop_pkt(DropReason::TooDeep);
                         }
-                        *key = **frozen;
+                        *key = frozen;
                         match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, key) {
                             Ok(l) => layout = l,
                             Err(r) => return self.drop_pkt(r),
