@@ -309,6 +309,7 @@ impl Engine {
         None
     }
 
+    #[inline(always)]
     fn run(
         &mut self,
         key: &mut FlowKey,
