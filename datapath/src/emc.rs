@@ -54,24 +54,22 @@ impl Default for Emc {
     }
 }
 
-/// Hash of a full key: multiply-fold of the words, then a final avalanche
-/// (the 64-bit finaliser of MurmurHash3). Multiplication only carries bits
-/// upwards, so without the finaliser fields in the high bits of a word
-/// (`in_port`, `tp_src`, `recirc_id`...) never reached the low bits that
-/// pick the slot: every connection between two hosts, and every
-/// recirculation of one packet, fought over one slot.
+/// Hash of a full key: multiply-fold of the words, then a final mix.
+///
+/// A multiplication only carries bits upwards, so without the final
+/// shift-xor-multiply the high bits of each word (`in_port`, `tp_src`, the
+/// top of `dl_dst`) would never reach the low bits that pick a slot, and
+/// keys differing only there (every connection between the same two hosts)
+/// would all share one slot.
 #[inline]
 pub fn key_hash(k: &FlowKey) -> u32 {
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..KEY_WORDS {
         h = (h ^ k.w[i]).wrapping_mul(0xff51_afd7_ed55_8ccd);
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
+    h ^= h >> 32;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h as u32
+    (h >> 32) as u32 ^ h as u32
 }
 
 impl Emc {
@@ -96,7 +94,8 @@ impl Emc {
     }
 
     /// Looks `key` up; on a valid hit credits `bytes` to the entry and
-    /// returns its translation.
+    /// returns its slot (see [`Emc::flow_at`]), valid until the next
+    /// `insert` or `clear`.
     #[inline]
     pub fn lookup(
         &mut self,
@@ -105,7 +104,7 @@ impl Emc {
         version: u64,
         mac_gen: u64,
         bytes: u64,
-    ) -> Option<Arc<CachedFlow>> {
+    ) -> Option<usize> {
         let idx = hash as usize & (EMC_SIZE - 1);
         let slot = &mut self.slots[idx];
         if let Some(f) = &slot.flow {
@@ -120,15 +119,23 @@ impl Emc {
                 slot.pending_packets += 1;
                 slot.pending_bytes += bytes;
                 self.hits += 1;
-                return Some(f.clone());
+                return Some(idx);
             }
         }
         self.misses += 1;
         None
     }
 
+    /// The translation in slot `idx` (from [`Emc::lookup`] or
+    /// [`Emc::insert`]).
+    #[inline]
+    pub fn flow_at(&self, idx: usize) -> Option<&CachedFlow> {
+        self.slots.get(idx)?.flow.as_deref()
+    }
+
     /// Stores a fresh translation for `key` (evicting whatever was in the
-    /// slot after crediting its pending counters) and credits this packet.
+    /// slot after crediting its pending counters), credits this packet,
+    /// and returns the slot.
     pub fn insert(
         &mut self,
         key: &FlowKey,
@@ -136,7 +143,7 @@ impl Emc {
         flow: Arc<CachedFlow>,
         bytes: u64,
         now_ms: u64,
-    ) {
+    ) -> usize {
         let idx = hash as usize & (EMC_SIZE - 1);
         let slot = &mut self.slots[idx];
         credit(slot, now_ms);
@@ -146,6 +153,7 @@ impl Emc {
         slot.pending_packets = 1;
         slot.pending_bytes = bytes;
         self.dirty.push(idx as u32);
+        idx
     }
 
     /// Credits pending hits to flow and table counters; call once a batch.

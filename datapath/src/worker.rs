@@ -80,10 +80,41 @@ struct RxPort {
 }
 
 /// Frames staged for one destination during a batch.
+///
+/// `data` only grows (zero-filled once, when it does); `used` is how much
+/// of it holds staged frames, so staging a frame never clears memory.
 #[derive(Default, Debug)]
 struct StageQ {
     data: Vec<u8>,
+    used: usize,
     frames: Vec<(u32, u32)>,
+}
+
+impl StageQ {
+    /// Room for one more frame of up to `MAX_FRAME + HEADROOM` bytes.
+    #[inline]
+    fn room(&mut self) -> &mut [u8] {
+        let need = self.used + MAX_FRAME + HEADROOM;
+        if self.data.len() < need {
+            self.grow(need);
+        }
+        &mut self.data[self.used..need]
+    }
+    #[cold]
+    fn grow(&mut self, need: usize) {
+        self.data.resize(need, 0);
+    }
+    /// Records the `n` bytes just written at the start of [`StageQ::room`].
+    #[inline]
+    fn commit(&mut self, n: usize) {
+        self.frames.push((self.used as u32, n as u32));
+        self.used += n;
+    }
+    #[inline]
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.used = 0;
+    }
 }
 
 /// Everything a poll thread needs except its receive ports, so packet
@@ -224,7 +255,7 @@ impl Engine {
             Ok(l) => l,
             Err(r) => return self.drop_pkt(r),
         };
-        self.run(key, layout, &mut pkt, 0);
+        self.run(&mut key, layout, &mut pkt, 0);
     }
 
     /// Tunnel endpoint on an underlay port: decapsulates VXLAN for us (and
@@ -285,23 +316,36 @@ impl Engine {
         None
     }
 
-    fn run(&mut self, mut key: FlowKey, mut layout: Layout, pkt: &mut Pkt<'_>, mut recircs: usize) {
+    #[inline(always)]
+    fn run(
+        &mut self,
+        key: &mut FlowKey,
+        mut layout: Layout,
+        pkt: &mut Pkt<'_>,
+        mut recircs: usize,
+    ) {
         'recirc: loop {
-            let hash = key_hash(&key);
+            let key: &mut FlowKey = &mut *key;
+            let hash = key_hash(key);
             let bytes = pkt.len as u64;
-            let flow = match self
+            let slot = match self
                 .emc
-                .lookup(&key, hash, self.pipeline.version, self.mac_gen, bytes)
+                .lookup(key, hash, self.pipeline.version, self.mac_gen, bytes)
             {
-                Some(f) => f,
+                Some(i) => i,
                 None => {
-                    let f = self.upcall(&key);
-                    self.emc.insert(&key, hash, f.clone(), bytes, self.now_ms);
-                    f
+                    let f = self.upcall(key);
+                    self.emc.insert(key, hash, f, bytes, self.now_ms)
                 }
             };
-            let actions = &flow.x.actions;
-            if actions.is_empty() {
+            // The translation stays in its cache slot while its actions run
+            // (nothing below inserts), so it is borrowed afresh per action
+            // instead of holding a reference count per packet.
+            let Some(flow) = self.emc.flow_at(slot) else {
+                return;
+            };
+            let n_actions = flow.x.actions.len();
+            if n_actions == 0 {
                 let r = match flow.x.drop {
                     Some(XlateDrop::TableMiss) => DropReason::NoFlow,
                     Some(XlateDrop::TooDeep) => DropReason::TooDeep,
@@ -311,19 +355,26 @@ impl Engine {
                 return self.drop_pkt(r);
             }
             let mut tun = (0u64, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
-            for a in actions.iter() {
+            for ai in 0..n_actions {
+                let Some(a) = self.emc.flow_at(slot).and_then(|f| f.x.actions.get(ai)) else {
+                    break;
+                };
                 match a {
-                    DpAction::Output(p) => self.output(*p, pkt, &key, tun),
+                    DpAction::Output(p) => {
+                        let p = *p;
+                        self.output(p, pkt, key, tun)
+                    }
                     DpAction::SetField(f, v) => {
                         packet::set_field(pkt.bytes_mut(), &layout, *f, *v);
                     }
                     DpAction::PushVlan(tci) => {
+                        let tci = *tci;
                         if !pkt.move_to_scratch() || pkt.start < 4 {
                             return self.drop_pkt(DropReason::TooBig);
                         }
                         pkt.start -= 4;
                         pkt.len += 4;
-                        packet::push_vlan_front(pkt.bytes_mut(), &mut layout, *tci);
+                        packet::push_vlan_front(pkt.bytes_mut(), &mut layout, tci);
                     }
                     DpAction::PopVlan => {
                         if packet::pop_vlan_front(pkt.bytes_mut(), &mut layout) {
@@ -347,14 +398,15 @@ impl Engine {
                     }
                     DpAction::Controller => self.controller += 1,
                     DpAction::Ct { args, frozen } => {
-                        let state = self.conntrack(args, pkt, &layout, &key);
+                        let (args, frozen) = (*args, **frozen);
+                        let state = self.conntrack(&args, pkt, &layout, key);
                         let Some(t) = args.table else { continue };
                         recircs += 1;
                         if recircs > MAX_RECIRC {
                             return self.drop_pkt(DropReason::TooDeep);
                         }
-                        key = **frozen;
-                        match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, &mut key) {
+                        *key = frozen;
+                        match extract(pkt.bytes(), key.get(Field::InPort) as PortNo, key) {
                             Ok(l) => layout = l,
                             Err(r) => return self.drop_pkt(r),
                         }
@@ -437,32 +489,57 @@ impl Engine {
     }
 
     /// Stages a frame for port `no`: `fill` writes it into the given
-    /// buffer and returns its length.
+    /// buffer and returns its length. The buffer holds stale bytes of
+    /// earlier frames, so `fill` must write every byte it counts.
     #[inline]
     fn stage_frame(&mut self, no: PortNo, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
         let Some(i) = self.ports.index(no) else {
             self.drop_pkt(DropReason::NoSuchPort);
             return false;
         };
+        self.stage_at(i, fill)
+    }
+
+    /// [`Engine::stage_frame`] for the port at dense index `i`.
+    #[inline]
+    fn stage_at(&mut self, i: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
         let q = &mut self.stage[i];
-        let start = q.data.len();
-        q.data.resize(start + MAX_FRAME + HEADROOM, 0);
-        let n = fill(&mut q.data[start..]);
-        q.data.truncate(start + n);
+        let n = fill(q.room());
         if n == 0 {
             return false;
         }
-        q.frames.push((start as u32, n as u32));
+        q.commit(n);
         if q.frames.len() >= 2 * BATCH {
             self.flush_one(i);
         }
         true
     }
 
+    #[inline]
     fn output(&mut self, no: PortNo, pkt: &Pkt<'_>, key: &FlowKey, tun: (u64, Ipv4Addr, Ipv4Addr)) {
-        let Some(port) = self.ports.get(no).cloned() else {
+        let Some(i) = self.ports.index(no) else {
             return self.drop_pkt(DropReason::NoSuchPort);
         };
+        if matches!(self.ports.ports[i].role, PortRole::Vxlan { .. }) {
+            let port = self.ports.ports[i].clone();
+            return self.output_tunnel(&port, pkt, key, tun);
+        }
+        let b = pkt.bytes();
+        self.stage_at(i, |out| {
+            out[..b.len()].copy_from_slice(b);
+            b.len()
+        });
+    }
+
+    /// Output to a VXLAN port: encapsulates onto its underlay.
+    #[inline(never)]
+    fn output_tunnel(
+        &mut self,
+        port: &PortState,
+        pkt: &Pkt<'_>,
+        key: &FlowKey,
+        tun: (u64, Ipv4Addr, Ipv4Addr),
+    ) {
         match &port.role {
             PortRole::Vxlan { cfg, underlay } => {
                 let remote = if tun.2.is_unspecified() {
@@ -507,7 +584,7 @@ impl Engine {
             }
             _ => {
                 let b = pkt.bytes();
-                self.stage_frame(no, |out| {
+                self.stage_frame(port.no, |out| {
                     out[..b.len()].copy_from_slice(b);
                     b.len()
                 });
@@ -546,8 +623,7 @@ impl Engine {
         } else {
             failed = q.frames.len() as u64;
         }
-        q.frames.clear();
-        q.data.clear();
+        q.clear();
         let c = &port.counters;
         c.tx_packets.fetch_add(sent, Ordering::Relaxed);
         c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -589,8 +665,7 @@ impl Engine {
             return 0;
         };
         let n = self.stage[i].frames.len();
-        self.stage[i].frames.clear();
-        self.stage[i].data.clear();
+        self.stage[i].clear();
         n
     }
 }
