@@ -16,6 +16,26 @@ use flows::xlate::Xlation;
 /// Number of slots (power of two).
 pub const EMC_SIZE: usize = 8192;
 
+/// A datapath action compiled for one port table: outputs resolved to the
+/// port's index, everything else pointing back at the translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Output to the plain port at this index of the port table. With
+    /// `by_ref`, no later action changes the packet, so the received frame
+    /// itself can be queued instead of a copy.
+    Out {
+        /// Index in the port table.
+        idx: u32,
+        /// The frame may be sent by reference.
+        by_ref: bool,
+    },
+    /// Any other action: index into [`Xlation::actions`].
+    Act(u32),
+}
+
+/// Marker for "no single plain output" in [`CachedFlow::fast_out`].
+pub const NO_FAST_OUT: u32 = u32::MAX;
+
 /// A cached translation.
 #[derive(Debug)]
 pub struct CachedFlow {
@@ -26,15 +46,38 @@ pub struct CachedFlow {
     /// MAC-table generation it was made with (meaningful if
     /// `x.uses_mac_table`).
     pub mac_gen: u64,
+    /// The actions compiled for the port table of the time.
+    pub ops: Vec<Op>,
+    /// Port index when the whole action list is one plain output of the
+    /// unchanged packet (the common case, taken without walking `ops`),
+    /// else [`NO_FAST_OUT`].
+    pub fast_out: u32,
 }
 
 #[derive(Debug)]
 struct Slot {
     key: FlowKey,
     hash: u32,
+    /// Copy of the flow's `fast_out`, so the common hit needs no pointer
+    /// chase.
+    fast_out: u32,
+    version: u64,
+    /// `u64::MAX` when the flow does not depend on the MAC table.
+    mac_gen: u64,
     flow: Option<Arc<CachedFlow>>,
     pending_packets: u64,
     pending_bytes: u64,
+}
+
+/// Key equality without a `memcmp` call: one OR of the word differences
+/// (the compiler vectorises it).
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    let mut d = 0u64;
+    for i in 0..KEY_WORDS {
+        d |= a.w[i] ^ b.w[i];
+    }
+    d == 0
 }
 
 /// The cache.
@@ -79,6 +122,9 @@ impl Emc {
             .map(|_| Slot {
                 key: FlowKey::ZERO,
                 hash: 0,
+                fast_out: NO_FAST_OUT,
+                version: u64::MAX,
+                mac_gen: 0,
                 flow: None,
                 pending_packets: 0,
                 pending_bytes: 0,
@@ -95,7 +141,7 @@ impl Emc {
 
     /// Looks `key` up; on a valid hit credits `bytes` to the entry and
     /// returns its slot (see [`Emc::flow_at`]), valid until the next
-    /// `insert` or `clear`.
+    /// `insert` or `clear`, and the slot's fast output.
     #[inline]
     pub fn lookup(
         &mut self,
@@ -104,23 +150,21 @@ impl Emc {
         version: u64,
         mac_gen: u64,
         bytes: u64,
-    ) -> Option<usize> {
+    ) -> Option<(usize, u32)> {
         let idx = hash as usize & (EMC_SIZE - 1);
         let slot = &mut self.slots[idx];
-        if let Some(f) = &slot.flow {
-            if slot.hash == hash
-                && slot.key == *key
-                && f.version == version
-                && (!f.x.uses_mac_table || f.mac_gen == mac_gen)
-            {
-                if slot.pending_packets == 0 {
-                    self.dirty.push(idx as u32);
-                }
-                slot.pending_packets += 1;
-                slot.pending_bytes += bytes;
-                self.hits += 1;
-                return Some(idx);
+        if slot.hash == hash
+            && slot.version == version
+            && (slot.mac_gen == u64::MAX || slot.mac_gen == mac_gen)
+            && same_key(&slot.key, key)
+        {
+            if slot.pending_packets == 0 {
+                self.dirty.push(idx as u32);
             }
+            slot.pending_packets += 1;
+            slot.pending_bytes += bytes;
+            self.hits += 1;
+            return Some((idx, slot.fast_out));
         }
         self.misses += 1;
         None
@@ -149,6 +193,13 @@ impl Emc {
         credit(slot, now_ms);
         slot.key = *key;
         slot.hash = hash;
+        slot.fast_out = flow.fast_out;
+        slot.version = flow.version;
+        slot.mac_gen = if flow.x.uses_mac_table {
+            flow.mac_gen
+        } else {
+            u64::MAX
+        };
         slot.flow = Some(flow);
         slot.pending_packets = 1;
         slot.pending_bytes = bytes;
@@ -169,6 +220,7 @@ impl Emc {
         self.flush_stats(now_ms);
         for s in self.slots.iter_mut() {
             s.flow = None;
+            s.version = u64::MAX;
         }
     }
 }
@@ -220,6 +272,8 @@ mod tests {
                 x,
                 version: 1,
                 mac_gen: 0,
+                ops: Vec::new(),
+                fast_out: NO_FAST_OUT,
             }),
             60,
             0,

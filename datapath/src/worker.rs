@@ -26,7 +26,7 @@ use flows::pipeline::Pipeline;
 use flows::xlate::{translate, DpAction, XlateDrop, XlateEnv};
 
 use crate::conntrack::{CtInput, Tuple};
-use crate::emc::{key_hash, CachedFlow, Emc};
+use crate::emc::{key_hash, CachedFlow, Emc, Op, NO_FAST_OUT};
 use crate::extract::{extract, DropReason, Layout};
 use crate::packet;
 use crate::port::{PortRx, MAX_FRAME};
@@ -88,6 +88,8 @@ struct StageQ {
     data: Vec<u8>,
     used: usize,
     frames: Vec<(u32, u32)>,
+    /// Received frames queued by reference: (batch index, offset, length).
+    refs: Vec<(u16, u16, u16)>,
 }
 
 impl StageQ {
@@ -113,6 +115,7 @@ impl StageQ {
     #[inline]
     fn clear(&mut self) {
         self.frames.clear();
+        self.refs.clear();
         self.used = 0;
     }
 }
@@ -127,6 +130,8 @@ pub struct Engine {
     pipeline: Arc<Pipeline>,
     ports: Arc<PortTable>,
     stage: Vec<StageQ>,
+    /// Indices of `stage` queues that hold something this batch.
+    staged: Vec<u32>,
     mac_gen: u64,
     now_ms: u64,
     /// When this thread last asked ARP for a tunnel remote (rate limit).
@@ -142,6 +147,10 @@ pub struct Engine {
 /// space once its size must change.
 struct Pkt<'a> {
     rx: &'a mut [u8],
+    /// Index of the frame in its receive batch, and how far `rx` has been
+    /// advanced into it (tunnel decap, VLAN pop), for sending by reference.
+    rx_idx: u16,
+    rx_off: u16,
     scratch: &'a mut [u8],
     in_scratch: bool,
     start: usize,
@@ -192,6 +201,7 @@ impl Engine {
             pipeline,
             ports,
             stage: Vec::new(),
+            staged: Vec::with_capacity(64),
             mac_gen: 0,
             now_ms: 0,
             arp_asked: std::collections::HashMap::new(),
@@ -212,6 +222,8 @@ impl Engine {
         let pt = self.shared.ports.load();
         if !Arc::ptr_eq(&pt, &self.ports) {
             self.ports = arc_swap::Guard::into_inner(pt);
+            // Cached actions hold port-table indices.
+            self.emc.clear(self.now_ms);
         }
         if self.stage.len() != self.ports.ports.len() {
             self.stage
@@ -229,12 +241,20 @@ impl Engine {
     /// Processes one received frame from port `in_port`. `scratch` must be
     /// at least `MAX_FRAME + HEADROOM` bytes.
     #[inline]
-    pub fn process(&mut self, in_port: &PortState, frame: &mut [u8], scratch: &mut [u8]) {
+    pub fn process(
+        &mut self,
+        in_port: &PortState,
+        rx_idx: u16,
+        frame: &mut [u8],
+        scratch: &mut [u8],
+    ) {
         self.packets += 1;
         let mut key = FlowKey::ZERO;
         let mut pkt = Pkt {
             len: frame.len(),
             rx: frame,
+            rx_idx,
+            rx_off: 0,
             scratch,
             in_scratch: false,
             start: 0,
@@ -298,6 +318,7 @@ impl Engine {
                 // Receive buffers are sliced from the front instead.
                 let rx = std::mem::take(&mut pkt.rx);
                 pkt.rx = &mut rx[d.inner_offset..];
+                pkt.rx_off += d.inner_offset as u16;
                 pkt.start = 0;
             }
             pkt.len -= d.inner_offset;
@@ -332,7 +353,13 @@ impl Engine {
                 .emc
                 .lookup(key, hash, self.pipeline.version, self.mac_gen, bytes)
             {
-                Some(i) => i,
+                Some((i, fast)) => {
+                    if fast != NO_FAST_OUT && !pkt.in_scratch {
+                        self.stage_ref(fast as usize, pkt);
+                        return;
+                    }
+                    i
+                }
                 None => {
                     let f = self.upcall(key);
                     self.emc.insert(key, hash, f, bytes, self.now_ms)
@@ -344,8 +371,8 @@ impl Engine {
             let Some(flow) = self.emc.flow_at(slot) else {
                 return;
             };
-            let n_actions = flow.x.actions.len();
-            if n_actions == 0 {
+            let n_ops = flow.ops.len();
+            if n_ops == 0 {
                 let r = match flow.x.drop {
                     Some(XlateDrop::TableMiss) => DropReason::NoFlow,
                     Some(XlateDrop::TooDeep) => DropReason::TooDeep,
@@ -355,9 +382,29 @@ impl Engine {
                 return self.drop_pkt(r);
             }
             let mut tun = (0u64, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
-            for ai in 0..n_actions {
-                let Some(a) = self.emc.flow_at(slot).and_then(|f| f.x.actions.get(ai)) else {
+            for oi in 0..n_ops {
+                let Some(flow) = self.emc.flow_at(slot) else {
                     break;
+                };
+                let a = match flow.ops.get(oi) {
+                    Some(Op::Out { idx, by_ref }) => {
+                        let (idx, by_ref) = (*idx as usize, *by_ref);
+                        if by_ref && !pkt.in_scratch {
+                            self.stage_ref(idx, pkt);
+                        } else {
+                            let b = pkt.bytes();
+                            self.stage_at(idx, |out| {
+                                out[..b.len()].copy_from_slice(b);
+                                b.len()
+                            });
+                        }
+                        continue;
+                    }
+                    Some(Op::Act(ai)) => match flow.x.actions.get(*ai as usize) {
+                        Some(a) => a,
+                        None => break,
+                    },
+                    None => break,
                 };
                 match a {
                     DpAction::Output(p) => {
@@ -383,6 +430,7 @@ impl Engine {
                             } else {
                                 let rx = std::mem::take(&mut pkt.rx);
                                 pkt.rx = &mut rx[4..];
+                                pkt.rx_off += 4;
                             }
                             pkt.len -= 4;
                         }
@@ -467,6 +515,19 @@ impl Engine {
         out.state
     }
 
+    /// Queues the received frame itself (no copy) for the port at index
+    /// `i`; it is sent at the end of the batch, before the batch's buffers
+    /// are given back.
+    #[inline]
+    fn stage_ref(&mut self, i: usize, pkt: &Pkt<'_>) {
+        if let Some(q) = self.stage.get_mut(i) {
+            if q.refs.is_empty() && q.frames.is_empty() {
+                self.staged.push(i as u32);
+            }
+            q.refs.push((pkt.rx_idx, pkt.rx_off, pkt.len as u16));
+        }
+    }
+
     fn upcall(&mut self, key: &FlowKey) -> Arc<CachedFlow> {
         self.upcalls += 1;
         let mut macs = lock(&self.shared.macs);
@@ -481,10 +542,17 @@ impl Engine {
             self.shared.mac_gen.store(gen, Ordering::Release);
             self.mac_gen = gen;
         }
+        let ops = compile_ops(&x.actions, &self.ports);
+        let fast_out = match ops.as_slice() {
+            [Op::Out { idx, by_ref: true }] => *idx,
+            _ => NO_FAST_OUT,
+        };
         Arc::new(CachedFlow {
             x,
             version: self.pipeline.version,
             mac_gen: gen,
+            ops,
+            fast_out,
         })
     }
 
@@ -503,14 +571,19 @@ impl Engine {
     /// [`Engine::stage_frame`] for the port at dense index `i`.
     #[inline]
     fn stage_at(&mut self, i: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
-        let q = &mut self.stage[i];
+        let Some(q) = self.stage.get_mut(i) else {
+            return false;
+        };
+        if q.refs.is_empty() && q.frames.is_empty() {
+            self.staged.push(i as u32);
+        }
         let n = fill(q.room());
         if n == 0 {
             return false;
         }
         q.commit(n);
         if q.frames.len() >= 2 * BATCH {
-            self.flush_one(i);
+            self.flush_one(i, None);
         }
         true
     }
@@ -602,28 +675,43 @@ impl Engine {
         self.stage_frame(no, fill);
     }
 
-    fn flush_one(&mut self, i: usize) {
+    fn flush_one(&mut self, i: usize, mut rx: Option<&mut (dyn PortRx + 'static)>) {
         let q = &mut self.stage[i];
-        if q.frames.is_empty() {
+        if q.frames.is_empty() && (q.refs.is_empty() || rx.is_none()) {
             return;
         }
         let port = &self.ports.ports[i];
         let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        let mut send = |tx: &mut Box<dyn crate::port::PortTx>, f: &[u8]| {
+            if tx.send(f) {
+                sent += 1;
+                bytes += f.len() as u64;
+            } else {
+                failed += 1;
+            }
+        };
         if let Some(tx) = &port.tx {
             let mut tx = lock(tx);
             for &(s, n) in &q.frames {
-                if tx.send(&q.data[s as usize..(s + n) as usize]) {
-                    sent += 1;
-                    bytes += n as u64;
-                } else {
-                    failed += 1;
+                send(&mut tx, &q.data[s as usize..(s + n) as usize]);
+            }
+            if let Some(rx) = rx.as_deref_mut() {
+                for &(idx, off, len) in &q.refs {
+                    let f = rx.frame(idx as usize);
+                    let (off, len) = (off as usize, len as usize);
+                    if let Some(f) = f.get(off..off + len) {
+                        send(&mut tx, f);
+                    }
                 }
+                q.refs.clear();
             }
             tx.flush();
         } else {
-            failed = q.frames.len() as u64;
+            failed = (q.frames.len() + q.refs.len()) as u64;
+            q.refs.clear();
         }
-        q.clear();
+        q.frames.clear();
+        q.used = 0;
         let c = &port.counters;
         c.tx_packets.fetch_add(sent, Ordering::Relaxed);
         c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -633,11 +721,15 @@ impl Engine {
         }
     }
 
-    /// Sends everything staged and publishes counters; call after a batch.
-    pub fn flush(&mut self) {
-        for i in 0..self.stage.len() {
-            self.flush_one(i);
+    /// Sends everything staged (frames queued by reference are read from
+    /// `rx`, the port the batch came from) and publishes counters; call
+    /// after a batch, before giving `rx`'s buffers back.
+    pub fn flush(&mut self, mut rx: Option<&mut (dyn PortRx + 'static)>) {
+        for k in 0..self.staged.len() {
+            let i = self.staged[k] as usize;
+            self.flush_one(i, rx.as_deref_mut());
         }
+        self.staged.clear();
         self.emc.flush_stats(self.now_ms);
         let t = &self.shared.threads[self.id];
         let add = |a: &std::sync::atomic::AtomicU64, v: &mut u64| {
@@ -658,16 +750,83 @@ impl Engine {
         }
     }
 
+    /// Receives and processes one batch from `rx` (port `state`): every
+    /// frame through the cache and actions, then everything sent. Returns
+    /// the number of frames. The caller gives the buffers back
+    /// ([`PortRx::release`]).
+    #[inline]
+    pub fn process_batch(
+        &mut self,
+        state: &PortState,
+        rx: &mut (dyn PortRx + 'static),
+        scratch: &mut [u8],
+    ) -> usize {
+        let n = rx.recv(BATCH);
+        if n == 0 {
+            return 0;
+        }
+        // Refresh after the frames are in hand, not before: a pipeline
+        // published before a frame was queued must apply to it, or a
+        // `Switch::apply` that has returned could still be ignored by
+        // the packets that follow it.
+        self.refresh();
+        let mut bytes = 0u64;
+        for i in 0..n {
+            let f = rx.frame(i);
+            bytes += f.len() as u64;
+            self.process(state, i as u16, f, scratch);
+        }
+        state
+            .counters
+            .rx_packets
+            .fetch_add(n as u64, Ordering::Relaxed);
+        state.counters.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.flush(Some(rx));
+        n
+    }
+
     /// The staged frames for port `no` (benchmarks and tests that drive
     /// an engine by hand); clears them.
     pub fn take_staged(&mut self, no: PortNo) -> usize {
         let Some(i) = self.ports.index(no) else {
             return 0;
         };
-        let n = self.stage[i].frames.len();
+        let n = self.stage[i].frames.len() + self.stage[i].refs.len();
         self.stage[i].clear();
         n
     }
+}
+
+/// Compiles datapath actions for the current port table: plain outputs
+/// become [`Op::Out`] with the port's index, sent by reference when no
+/// later action changes the packet.
+fn compile_ops(actions: &[DpAction], ports: &PortTable) -> Vec<Op> {
+    let changes = |a: &DpAction| {
+        matches!(
+            a,
+            DpAction::SetField(..)
+                | DpAction::PushVlan(_)
+                | DpAction::PopVlan
+                | DpAction::SetVlan(_)
+                | DpAction::DecTtl
+                | DpAction::Ct { .. }
+        )
+    };
+    let mut ops = Vec::with_capacity(actions.len());
+    for (i, a) in actions.iter().enumerate() {
+        let op = match a {
+            DpAction::Output(no) => match ports.index(*no) {
+                Some(idx) if matches!(ports.ports[idx].role, PortRole::Plain) => Op::Out {
+                    idx: idx as u32,
+                    by_ref: !actions[i + 1..].iter().any(changes),
+                },
+                _ => Op::Act(i as u32),
+            },
+            _ => Op::Act(i as u32),
+        };
+        ops.push(op);
+    }
+    ops
 }
 
 /// Builds the conntrack input from the key and packet.
@@ -779,32 +938,13 @@ impl Worker {
     pub fn poll_once(&mut self) -> usize {
         let mut total = 0;
         for r in &mut self.rx {
-            let n = r.rx.recv(BATCH);
-            if n == 0 {
-                continue;
+            let n = self
+                .eng
+                .process_batch(&r.state, &mut *r.rx, &mut self.scratch);
+            if n > 0 {
+                r.rx.release();
+                total += n;
             }
-            // Refresh after the frames are in hand, not before: a pipeline
-            // published before a frame was queued must apply to it, or a
-            // `Switch::apply` that has returned could still be ignored by
-            // the packets that follow it.
-            self.eng.refresh();
-            let mut bytes = 0u64;
-            for i in 0..n {
-                let f = r.rx.frame(i);
-                bytes += f.len() as u64;
-                self.eng.process(&r.state, f, &mut self.scratch);
-            }
-            r.rx.release();
-            r.state
-                .counters
-                .rx_packets
-                .fetch_add(n as u64, Ordering::Relaxed);
-            r.state
-                .counters
-                .rx_bytes
-                .fetch_add(bytes, Ordering::Relaxed);
-            self.eng.flush();
-            total += n;
         }
         if total == 0 {
             // Idle: still drop references to old port tables promptly so
