@@ -675,7 +675,7 @@ impl Engine {
         self.stage_frame(no, fill);
     }
 
-    fn flush_one(&mut self, i: usize, mut rx: Option<&mut (dyn PortRx + 'static)>) {
+    fn flush_one(&mut self, i: usize, rx: Option<&mut (dyn PortRx + 'static)>) {
         let q = &mut self.stage[i];
         if q.frames.is_empty() && (q.refs.is_empty() || rx.is_none()) {
             return;
@@ -695,7 +695,7 @@ impl Engine {
             for &(s, n) in &q.frames {
                 send(&mut tx, &q.data[s as usize..(s + n) as usize]);
             }
-            if let Some(rx) = rx.as_deref_mut() {
+            if let Some(rx) = rx {
                 for &(idx, off, len) in &q.refs {
                     let f = rx.frame(idx as usize);
                     let (off, len) = (off as usize, len as usize);
