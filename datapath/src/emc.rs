@@ -64,17 +64,19 @@ struct Slot {
     version: u64,
     /// `u64::MAX` when the flow does not depend on the MAC table.
     mac_gen: u64,
+    /// The key's metadata words are zero (only header words compared).
+    meta_zero: bool,
     flow: Option<Arc<CachedFlow>>,
     pending_packets: u64,
     pending_bytes: u64,
 }
 
 /// Key equality without a `memcmp` call: one OR of the word differences
-/// (the compiler vectorises it).
+/// over the first `n` words.
 #[inline(always)]
-fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+fn same_words(a: &FlowKey, b: &FlowKey, n: usize) -> bool {
     let mut d = 0u64;
-    for i in 0..KEY_WORDS {
+    for i in 0..n {
         d |= a.w[i] ^ b.w[i];
     }
     d == 0
@@ -106,8 +108,28 @@ impl Default for Emc {
 /// would all share one slot.
 #[inline]
 pub fn key_hash(k: &FlowKey) -> u32 {
+    key_hash_meta(k, meta_is_zero(k))
+}
+
+/// Words of the key that hold packet headers, `in_port`, `ct_*` and
+/// `recirc_id`; the rest (tunnel, metadata, registers) is zero for every
+/// packet as it arrives on a plain port.
+pub const HEADER_WORDS: usize = 5;
+
+/// True if the tunnel, metadata and register words are all zero.
+#[inline]
+pub fn meta_is_zero(k: &FlowKey) -> bool {
+    k.w[HEADER_WORDS..].iter().fold(0, |a, w| a | w) == 0
+}
+
+/// [`key_hash`] when the caller already knows whether the metadata words
+/// are zero (`meta_zero` must be `meta_is_zero(k)`): then only the header
+/// words are hashed.
+#[inline]
+pub fn key_hash_meta(k: &FlowKey, meta_zero: bool) -> u32 {
+    let n = if meta_zero { HEADER_WORDS } else { KEY_WORDS };
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..KEY_WORDS {
+    for i in 0..n {
         h = (h ^ k.w[i]).wrapping_mul(0xff51_afd7_ed55_8ccd);
     }
     h ^= h >> 32;
@@ -125,6 +147,7 @@ impl Emc {
                 fast_out: NO_FAST_OUT,
                 version: u64::MAX,
                 mac_gen: 0,
+                meta_zero: false,
                 flow: None,
                 pending_packets: 0,
                 pending_bytes: 0,
@@ -151,12 +174,33 @@ impl Emc {
         mac_gen: u64,
         bytes: u64,
     ) -> Option<(usize, u32)> {
+        self.lookup_meta(key, meta_is_zero(key), hash, version, mac_gen, bytes)
+    }
+
+    /// [`Emc::lookup`] when the caller knows whether the key's metadata
+    /// words are zero (`meta_zero == meta_is_zero(key)`); then only the
+    /// header words are compared.
+    #[inline]
+    pub fn lookup_meta(
+        &mut self,
+        key: &FlowKey,
+        meta_zero: bool,
+        hash: u32,
+        version: u64,
+        mac_gen: u64,
+        bytes: u64,
+    ) -> Option<(usize, u32)> {
         let idx = hash as usize & (EMC_SIZE - 1);
         let slot = &mut self.slots[idx];
+        let same = if meta_zero {
+            slot.meta_zero && same_words(&slot.key, key, HEADER_WORDS)
+        } else {
+            same_words(&slot.key, key, KEY_WORDS)
+        };
         if slot.hash == hash
             && slot.version == version
             && (slot.mac_gen == u64::MAX || slot.mac_gen == mac_gen)
-            && same_key(&slot.key, key)
+            && same
         {
             if slot.pending_packets == 0 {
                 self.dirty.push(idx as u32);
@@ -193,6 +237,7 @@ impl Emc {
         credit(slot, now_ms);
         slot.key = *key;
         slot.hash = hash;
+        slot.meta_zero = meta_is_zero(key);
         slot.fast_out = flow.fast_out;
         slot.version = flow.version;
         slot.mac_gen = if flow.x.uses_mac_table {
@@ -252,6 +297,32 @@ mod tests {
     use flows::field::Field;
     use flows::pipeline::FlowStats;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn header_only_hash_and_compare_agree_with_full() {
+        let mut k = FlowKey::ZERO;
+        k.set(Field::NwSrc, 0x0a00_0001);
+        k.set(Field::TpSrc, 1234);
+        assert!(meta_is_zero(&k));
+        assert_eq!(key_hash(&k), key_hash_meta(&k, true));
+        let mut emc = Emc::new();
+        let h = key_hash(&k);
+        let flow = Arc::new(CachedFlow {
+            x: Xlation::default(),
+            version: 1,
+            mac_gen: 0,
+            ops: Vec::new(),
+            fast_out: NO_FAST_OUT,
+        });
+        emc.insert(&k, h, flow, 60, 0);
+        assert!(emc.lookup_meta(&k, true, h, 1, 0, 60).is_some());
+        // Same header words, a register set: a different key, never a hit
+        // even if it lands in the same slot.
+        let mut r = k;
+        r.set(Field::Reg(7), 1);
+        assert!(!meta_is_zero(&r));
+        assert!(emc.lookup_meta(&r, false, h, 1, 0, 60).is_none());
+    }
 
     #[test]
     fn hit_miss_invalidate_and_credit() {

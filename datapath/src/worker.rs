@@ -26,7 +26,7 @@ use flows::pipeline::Pipeline;
 use flows::xlate::{translate, DpAction, XlateDrop, XlateEnv};
 
 use crate::conntrack::{CtInput, Tuple};
-use crate::emc::{key_hash, CachedFlow, Emc, Op, NO_FAST_OUT};
+use crate::emc::{key_hash_meta, meta_is_zero, CachedFlow, Emc, Op, NO_FAST_OUT};
 use crate::extract::{extract, DropReason, Layout};
 use crate::packet;
 use crate::port::{PortRx, MAX_FRAME};
@@ -275,7 +275,10 @@ impl Engine {
             Ok(l) => l,
             Err(r) => return self.drop_pkt(r),
         };
-        self.run(&mut key, layout, &mut pkt, 0);
+        // Straight from a plain port, the key's tunnel, metadata and
+        // register words are still zero.
+        let meta_zero = port_no == in_port.no;
+        self.run(&mut key, layout, &mut pkt, meta_zero);
     }
 
     /// Tunnel endpoint on an underlay port: decapsulates VXLAN for us (and
@@ -343,16 +346,21 @@ impl Engine {
         key: &mut FlowKey,
         mut layout: Layout,
         pkt: &mut Pkt<'_>,
-        mut recircs: usize,
+        mut meta_zero: bool,
     ) {
+        let mut recircs = 0;
         'recirc: loop {
             let key: &mut FlowKey = &mut *key;
-            let hash = key_hash(key);
+            let hash = key_hash_meta(key, meta_zero);
             let bytes = pkt.len as u64;
-            let slot = match self
-                .emc
-                .lookup(key, hash, self.pipeline.version, self.mac_gen, bytes)
-            {
+            let slot = match self.emc.lookup_meta(
+                key,
+                meta_zero,
+                hash,
+                self.pipeline.version,
+                self.mac_gen,
+                bytes,
+            ) {
                 Some((i, fast)) => {
                     if fast != NO_FAST_OUT && !pkt.in_scratch {
                         self.stage_ref(fast as usize, pkt);
@@ -461,6 +469,7 @@ impl Engine {
                         key.set(Field::CtState, state as u64);
                         key.set(Field::CtZone, args.zone as u64);
                         key.set(Field::RecircId, t as u64 + 1);
+                        meta_zero = meta_is_zero(key);
                         continue 'recirc;
                     }
                 }
@@ -633,7 +642,7 @@ impl Engine {
                     local_mac: cfg.local_mac,
                     udp_port: cfg.udp_port,
                 };
-                let hash = key_hash(key);
+                let hash = crate::emc::key_hash(key);
                 let inner = pkt.bytes();
                 let mut err = None;
                 self.stage_frame(*underlay, |out| {
