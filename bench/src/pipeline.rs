@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datapath::port::{Port, PortRx, PortTx, MAX_FRAME};
-use datapath::switch::{PortState, Switch, SwitchConfig, BATCH};
+use datapath::shared::{PortState, BATCH};
+use datapath::switch::{Switch, SwitchConfig};
 use datapath::worker::Engine;
 use flows::action::PortNo;
 use flows::pipeline::{FlowMod, VlanMode};
@@ -366,7 +367,7 @@ impl Bench {
                 b.run_all();
                 b.batches.clear();
                 // Where did each go? Reply from that backend.
-                let conns: Vec<_> = datapath::switch::lock(&b.switch.shared().ct)
+                let conns: Vec<_> = datapath::shared::lock(&b.switch.shared().ct)
                     .dump()
                     .collect();
                 assert_eq!(conns.len(), K8S_CONNS as usize, "connections committed");

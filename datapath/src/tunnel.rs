@@ -14,8 +14,7 @@ use smoltcp::wire::{
     EthernetRepr,
 };
 
-use crate::switch::{Shared, VxlanConfig};
-use crate::worker::Engine;
+use crate::shared::{Shared, VxlanConfig};
 
 /// Records `mac` as the MAC of tunnel endpoint `ip` (no-op if known).
 pub fn learn_neighbour(shared: &Shared, ip: Ipv4Addr, mac: [u8; 6]) {
@@ -93,21 +92,9 @@ fn build_arp(out: &mut [u8], dst: [u8; 6], src: [u8; 6], arp: &ArpRepr) -> usize
     len
 }
 
-/// Minimum time between two ARP requests for the same remote (per thread).
-pub const ARP_RETRY_MS: u64 = 200;
-
-/// Broadcasts an ARP request for `remote` out of underlay port `underlay`,
-/// at most once per [`ARP_RETRY_MS`].
-pub fn request_neighbour(eng: &mut Engine, underlay: u16, cfg: &VxlanConfig, remote: Ipv4Addr) {
-    let now = eng.now_ms();
-    match eng.arp_asked.get(&remote) {
-        Some(&t) if now.saturating_sub(t) < ARP_RETRY_MS => return,
-        _ => {}
-    }
-    if eng.arp_asked.len() > 4096 {
-        eng.arp_asked.clear();
-    }
-    eng.arp_asked.insert(remote, now);
+/// Writes a broadcast ARP request for `remote` from the tunnel endpoint
+/// `cfg` into `out`; returns its length (0 if `out` is too small).
+pub fn build_arp_request(out: &mut [u8], cfg: &VxlanConfig, remote: Ipv4Addr) -> usize {
     let req = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
         source_hardware_addr: EthernetAddress(cfg.local_mac),
@@ -115,8 +102,7 @@ pub fn request_neighbour(eng: &mut Engine, underlay: u16, cfg: &VxlanConfig, rem
         target_hardware_addr: EthernetAddress([0; 6]),
         target_protocol_addr: remote,
     };
-    let mac = cfg.local_mac;
-    eng.send_built(underlay, |out| build_arp(out, [0xff; 6], mac, &req));
+    build_arp(out, [0xff; 6], cfg.local_mac, &req)
 }
 
 #[cfg(test)]
@@ -138,8 +124,7 @@ mod tests {
         // Byte-level check of what smoltcp emitted: ethertype, opcode.
         assert_eq!(&buf[12..14], &[0x08, 0x06]);
         assert_eq!(&buf[20..22], &[0x00, 0x01]);
-        let sw = crate::switch::Switch::start(&Default::default()).unwrap();
-        let shared = sw.shared().clone();
+        let shared = Shared::new(1, Default::default());
         let mine = [2, 0, 0, 0, 0, 1];
         assert!(handle_arp(
             &shared,

@@ -30,7 +30,7 @@ use crate::emc::{key_hash_meta, meta_is_zero, CachedFlow, Emc, Op, NO_FAST_OUT};
 use crate::extract::{extract, DropReason, Layout};
 use crate::packet;
 use crate::port::{PortRx, MAX_FRAME};
-use crate::switch::{lock, PortRole, PortState, PortTable, Shared, BATCH};
+use crate::shared::{lock, PortRole, PortState, PortTable, Shared, VxlanConfig, BATCH};
 use crate::tunnel;
 
 /// mio token of the management waker.
@@ -41,6 +41,8 @@ const IDLE_SPINS: u32 = 2000;
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Sleep when some port cannot be waited on (in-memory ports).
 const POLL_SLEEP: Duration = Duration::from_millis(1);
+/// Minimum time between two ARP requests for the same tunnel remote.
+pub const ARP_RETRY_MS: u64 = 200;
 /// Recirculations allowed per packet.
 const MAX_RECIRC: usize = 4;
 /// Room kept in front of a frame in scratch space for pushes/encap.
@@ -135,7 +137,7 @@ pub struct Engine {
     mac_gen: u64,
     now_ms: u64,
     /// When this thread last asked ARP for a tunnel remote (rate limit).
-    pub(crate) arp_asked: std::collections::HashMap<Ipv4Addr, u64>,
+    arp_asked: std::collections::HashMap<Ipv4Addr, u64>,
     // local counters, published once per batch
     packets: u64,
     upcalls: u64,
@@ -634,7 +636,7 @@ impl Engine {
                     return self.drop_pkt(DropReason::TunnelNoRoute);
                 }
                 let Some(mac) = self.shared.neigh.load().get(&remote).copied() else {
-                    tunnel::request_neighbour(self, *underlay, cfg, remote);
+                    self.ask_neighbour(*underlay, cfg, remote);
                     return self.drop_pkt(DropReason::TunnelNoRoute);
                 };
                 let ep = crate::vxlan::TunnelEndpoint {
@@ -674,14 +676,20 @@ impl Engine {
         }
     }
 
-    /// The engine's clock (milliseconds, refreshed per batch).
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-
-    /// Stages a frame built by the caller for port `no` (ARP requests).
-    pub(crate) fn send_built(&mut self, no: PortNo, fill: impl FnOnce(&mut [u8]) -> usize) {
-        self.stage_frame(no, fill);
+    /// Broadcasts an ARP request for tunnel remote `remote` out of
+    /// underlay port `underlay`, at most once per [`ARP_RETRY_MS`].
+    fn ask_neighbour(&mut self, underlay: PortNo, cfg: &VxlanConfig, remote: Ipv4Addr) {
+        let now = self.now_ms;
+        if let Some(&t) = self.arp_asked.get(&remote) {
+            if now.saturating_sub(t) < ARP_RETRY_MS {
+                return;
+            }
+        }
+        if self.arp_asked.len() > 4096 {
+            self.arp_asked.clear();
+        }
+        self.arp_asked.insert(remote, now);
+        self.stage_frame(underlay, |out| tunnel::build_arp_request(out, cfg, remote));
     }
 
     fn flush_one(&mut self, i: usize, rx: Option<&mut (dyn PortRx + 'static)>) {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use datapath::extract::DropReason;
-use datapath::switch::Shared;
+use datapath::shared::Shared;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -43,7 +43,7 @@ impl Collector for SwitchCollector {
         let pt = sh.ports.load_full();
         let l = |k: &str, v: String| vec![(k.to_string(), v)];
         let per_port =
-            |f: fn(&datapath::switch::PortCountersSnapshot) -> u64| -> Vec<(Labels, u64)> {
+            |f: fn(&datapath::shared::PortCountersSnapshot) -> u64| -> Vec<(Labels, u64)> {
                 pt.ports
                     .iter()
                     .map(|p| (l("port", p.name.clone()), f(&p.counters.snapshot())))
@@ -79,7 +79,7 @@ impl Collector for SwitchCollector {
             "Frames not sent (ring full) per port",
             &per_port(|c| c.tx_dropped),
         )?;
-        let sum = |f: fn(&datapath::switch::ThreadStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+        let sum = |f: fn(&datapath::shared::ThreadStats) -> &std::sync::atomic::AtomicU64| -> u64 {
             sh.threads
                 .iter()
                 .map(|t| f(t).load(Ordering::Relaxed))

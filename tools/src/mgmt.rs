@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
 use datapath::port::Port;
-use datapath::switch::{PortRole, Switch, SwitchError, VxlanConfig};
+use datapath::shared::{PortRole, VxlanConfig};
+use datapath::switch::{Switch, SwitchError};
 use flows::action::PortNo;
 use flows::pipeline::{FlowFilter, FlowMod, Pipeline, VlanMode};
 use flows::syntax;
@@ -136,7 +137,7 @@ impl Daemon {
             ports
                 .ports
                 .iter()
-                .find(|p| p.name == n && p.no < datapath::switch::UNDERLAY_BASE)
+                .find(|p| p.name == n && p.no < datapath::shared::UNDERLAY_BASE)
                 .map(|p| p.no)
         };
         let parser = syntax::Parser::with_port_names(&by_name);
@@ -245,7 +246,7 @@ impl Daemon {
                 Ok(flows::trace::format_trace(&self.bridge, &key, &x, &t))
             }
             "dump-conntrack" => {
-                let ct = datapath::switch::lock(&self.switch.shared().ct);
+                let ct = datapath::shared::lock(&self.switch.shared().ct);
                 let mut out = String::new();
                 for c in ct.dump() {
                     out.push_str(&c.to_string());
@@ -255,7 +256,7 @@ impl Daemon {
             }
             "fdb-show" => {
                 let now = self.switch.shared().now_ms();
-                let macs = datapath::switch::lock(&self.switch.shared().macs);
+                let macs = datapath::shared::lock(&self.switch.shared().macs);
                 let mut out = String::from(" port  VLAN  MAC                Age\n");
                 for e in macs.entries(now) {
                     let m = flows::key::mac_from_u64(e.mac);
@@ -374,7 +375,7 @@ impl Daemon {
                 }
                 PortRole::Plain => String::new(),
             };
-            if st.no >= datapath::switch::UNDERLAY_BASE {
+            if st.no >= datapath::shared::UNDERLAY_BASE {
                 out.push_str(&format!(" {}: type={}{}\n", st.name, st.kind, extra));
             } else {
                 out.push_str(&format!(
@@ -403,7 +404,7 @@ impl Daemon {
             None => pt
                 .ports
                 .iter()
-                .filter(|p| p.no < datapath::switch::UNDERLAY_BASE)
+                .filter(|p| p.no < datapath::shared::UNDERLAY_BASE)
                 .collect(),
             Some(w) => {
                 let found: Vec<_> = pt

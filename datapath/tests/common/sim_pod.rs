@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datapath::port::{FrameQueue, MemPort};
-use datapath::switch::{PortState, Switch};
+use datapath::shared::PortState;
+use datapath::switch::Switch;
 use flows::pipeline::VlanMode;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
