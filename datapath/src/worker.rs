@@ -37,6 +37,8 @@ use crate::tunnel;
 pub const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
 /// Empty rounds before the thread sleeps.
 const IDLE_SPINS: u32 = 2000;
+/// Empty rounds between two yields of the CPU while spinning.
+const YIELD_EVERY: u32 = 8;
 /// Longest sleep (also bounds how late timeouts are noticed).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Sleep when some port cannot be waited on (in-memory ports).
@@ -985,7 +987,14 @@ impl Worker {
             }
             idle += 1;
             if idle < IDLE_SPINS {
-                std::hint::spin_loop();
+                // On a small node the poll core is shared with the pods'
+                // own work: give it up now and then while nothing arrives
+                // (a yield with nothing else runnable returns at once).
+                if idle % YIELD_EVERY == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             let all_waitable = self.rx.iter().all(|r| r.rx.wait_fd().is_some());
