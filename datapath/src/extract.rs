@@ -71,25 +71,25 @@ pub enum L4Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct Layout {
-    /// IPv4 total length (0 if not IPv4); bytes past `l3 + ip_total_len`
-    /// are Ethernet padding.
-    pub ip_total_len: u16,
-    /// Offset of the L3 header: after Ethernet, the VLAN tag and any
-    /// LLC/SNAP header.
-    pub l3: u16,
+    /// What sits at `l3`.
+    pub l3_kind: L3Kind,
+    /// IPv4 header length in bytes (0 if not IPv4).
+    pub ip_hdr_len: u8,
     /// Offset of the L4 header (IPv4 payload), `None` without one
     /// (non-IPv4, non-first fragment).
     pub l4: Option<u16>,
-    /// What sits at `l3`.
-    pub l3_kind: L3Kind,
-    /// What sits at `l4`.
-    pub l4_kind: L4Kind,
-    /// An 802.1Q tag is present at offset 12.
-    pub vlan: bool,
-    /// IPv4 header length in bytes (0 if not IPv4).
-    pub ip_hdr_len: u8,
+    /// Offset of the L3 header: after Ethernet, the VLAN tag and any
+    /// LLC/SNAP header.
+    pub l3: u16,
+    /// IPv4 total length (0 if not IPv4); bytes past `l3 + ip_total_len`
+    /// are Ethernet padding.
+    pub ip_total_len: u16,
     /// The IPv4 packet is a fragment (first or later).
     pub fragment: bool,
+    /// An 802.1Q tag is present at offset 12.
+    pub vlan: bool,
+    /// What sits at `l4`.
+    pub l4_kind: L4Kind,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10,
     /// URG 0x20, ECE 0x40, CWR 0x80); 0 if not TCP.
     pub tcp_flags: u8,
@@ -220,14 +220,13 @@ fn extract_fast<const VLAN: bool>(
     let p: &[u8; FAST_MIN - VLAN_HLEN] = h[tag..].first_chunk()?;
     let ip: &[u8; 20] = p[ETH_HLEN..].first_chunk()?;
     let l4: &[u8; 20] = p[ETH_HLEN + 20..].first_chunk()?;
-    // One little-endian load of the ethertype and IPv4 bytes 0..6 checks
-    // dl_type 0x0800 and version 4 with IHL 5 ...
-    let head = u64::from_le_bytes(*p[12..].first_chunk()?);
-    if head & 0xff_ffff != 0x45_0008 {
+    if p[12..14] != [0x08, 0x00] {
         return None;
     }
-    // ... and one of bytes 6-7 neither MF nor a fragment offset.
-    if u16::from_le_bytes([ip[6], ip[7]]) & 0xff3f != 0 {
+    // One little-endian load of IPv4 bytes 0..8 checks version 4 with
+    // IHL 5 (byte 0) and neither MF nor a fragment offset (bytes 6-7).
+    let ip_lo = u64::from_le_bytes(*ip.first_chunk()?);
+    if ip_lo & 0xff3f_0000_0000_00ff != 0x45 {
         return None;
     }
     let tot = be16(ip[2], ip[3]) as usize;
