@@ -206,6 +206,11 @@ const FAST_MIN: usize = ETH_HLEN + VLAN_HLEN + 20 + 20;
 /// payload. Returns `None`, having written nothing, for anything else,
 /// which [`extract_slow`] then handles; where it returns `Some`, key and
 /// layout are exactly the slow path's.
+/// `b & 0xff00_ff3f` in [`extract_fast`] for an unfragmented TCP packet.
+const TCP_NOT_FRAGMENT: u64 = (ipproto::TCP as u64) << 24;
+/// The same for UDP.
+const UDP_NOT_FRAGMENT: u64 = (ipproto::UDP as u64) << 24;
+
 #[inline(always)]
 fn extract_fast<const VLAN: bool>(
     h: &[u8; FAST_MIN],
@@ -220,18 +225,19 @@ fn extract_fast<const VLAN: bool>(
     let p: &[u8; FAST_MIN - VLAN_HLEN] = h[tag..].first_chunk()?;
     let ip: &[u8; 20] = p[ETH_HLEN..].first_chunk()?;
     let l4: &[u8; 20] = p[ETH_HLEN + 20..].first_chunk()?;
-    if p[12..14] != [0x08, 0x00] {
+    // Two little-endian loads cover the ethertype and IPv4 bytes 0..14:
+    // `a` = ethertype, version/IHL, TOS, total length, id (bytes 0..8);
+    // `b` = flags/fragment offset, TTL, protocol, checksum, ... (bytes 0..8).
+    let a = u64::from_le_bytes(*p[12..].first_chunk()?);
+    let b = u64::from_le_bytes(*p[20..].first_chunk()?);
+    // dl_type 0x0800, version 4, IHL 5.
+    if a & 0xff_ffff != 0x45_0008 {
         return None;
     }
-    // One little-endian load of IPv4 bytes 0..8 checks version 4 with
-    // IHL 5 (byte 0) and neither MF nor a fragment offset (bytes 6-7).
-    let ip_lo = u64::from_le_bytes(*ip.first_chunk()?);
-    if ip_lo & 0xff3f_0000_0000_00ff != 0x45 {
-        return None;
-    }
-    let tot = be16(ip[2], ip[3]) as usize;
+    let tot = u16::from_be((a >> 32) as u16) as usize;
     let avail = len - l3;
-    let proto = ip[9];
+    // Neither MF nor a fragment offset, and the protocol, in one compare.
+    let frag_proto = b & 0xff00_ff3f;
     let layout = |l4_kind, tcp_flags| Layout {
         ip_total_len: tot as u16,
         l3: l3 as u16,
@@ -243,15 +249,15 @@ fn extract_fast<const VLAN: bool>(
         fragment: false,
         tcp_flags,
     };
-    let layout = match proto {
-        ipproto::TCP => {
+    let layout = match frag_proto {
+        TCP_NOT_FRAGMENT => {
             let doff = (l4[12] >> 4) as usize * 4;
             if doff < 20 || tot < 20 + doff || tot > avail {
                 return None;
             }
             layout(L4Kind::Tcp, l4[13])
         }
-        ipproto::UDP => {
+        UDP_NOT_FRAGMENT => {
             if tot < 20 + 8 || tot > avail {
                 return None;
             }
@@ -276,8 +282,8 @@ fn extract_fast<const VLAN: bool>(
     let ports = u32::from_be_bytes(*l4.first_chunk()?);
     key.w[W_TP] = (key.w[W_TP] & !W_TP_PACKET_BITS)
         | (ports as u64) << 32
-        | (proto as u64) << 24
-        | (ip[1] as u64) << 16;
+        | b & 0xff00_0000 // nw_proto: IPv4 byte 9 is byte 3 of `b`
+        | (a >> 8) & 0xff_0000; // nw_tos: IPv4 byte 1 is byte 3 of `a`
     key.w[W_IN_PORT] = (key.w[W_IN_PORT] & !W_IN_PORT_BITS) | (in_port as u64) << 48;
     Some(layout)
 }
