@@ -9,6 +9,14 @@
 //! asserted at compile time against [`Field::layout`] below, and a test
 //! compares its output with a key built by `FlowKey::set`.
 //!
+//! The common frame (Ethernet with at most one 802.1Q tag, IPv4 without
+//! options or fragmentation, TCP or UDP) takes a fast path: one length
+//! check, a few fixed-offset word loads that decide everything, and the key
+//! words assembled from big-endian loads (about 65 instructions, against
+//! about 130 for the general parse). Anything else, including every
+//! malformed or short frame, falls through to the general parse, which is
+//! `#[cold]` and out of line; tests check the two agree.
+//!
 //! What is parsed (like Open vSwitch's `miniflow_extract`, IPv4 only):
 //! Ethernet II, one 802.1Q tag (TPID 0x8100), 802.2 LLC/SNAP (other 802.3
 //! frames get `dl_type=0x05ff`), IPv4 with TCP/UDP/SCTP ports and ICMP
@@ -199,6 +207,11 @@ fn try_fast(frame: &[u8], in_port: u16, key: &mut FlowKey) -> Option<Layout> {
 /// Ethernet minimum qualifies).
 const FAST_MIN: usize = ETH_HLEN + VLAN_HLEN + 20 + 20;
 
+/// `b & 0xff00_ff3f` in [`extract_fast`] for an unfragmented TCP packet.
+const TCP_NOT_FRAGMENT: u64 = (ipproto::TCP as u64) << 24;
+/// The same for UDP.
+const UDP_NOT_FRAGMENT: u64 = (ipproto::UDP as u64) << 24;
+
 /// The common case, with fixed offsets and no bounds checks past the one
 /// on `h` (the first [`FAST_MIN`] bytes of a frame of `len` bytes):
 /// Ethernet II with (`VLAN`) or without one 802.1Q tag, IPv4 without
@@ -206,11 +219,6 @@ const FAST_MIN: usize = ETH_HLEN + VLAN_HLEN + 20 + 20;
 /// payload. Returns `None`, having written nothing, for anything else,
 /// which [`extract_slow`] then handles; where it returns `Some`, key and
 /// layout are exactly the slow path's.
-/// `b & 0xff00_ff3f` in [`extract_fast`] for an unfragmented TCP packet.
-const TCP_NOT_FRAGMENT: u64 = (ipproto::TCP as u64) << 24;
-/// The same for UDP.
-const UDP_NOT_FRAGMENT: u64 = (ipproto::UDP as u64) << 24;
-
 #[inline(always)]
 fn extract_fast<const VLAN: bool>(
     h: &[u8; FAST_MIN],
@@ -225,16 +233,18 @@ fn extract_fast<const VLAN: bool>(
     let p: &[u8; FAST_MIN - VLAN_HLEN] = h[tag..].first_chunk()?;
     let ip: &[u8; 20] = p[ETH_HLEN..].first_chunk()?;
     let l4: &[u8; 20] = p[ETH_HLEN + 20..].first_chunk()?;
-    // Two little-endian loads cover the ethertype and IPv4 bytes 0..14:
-    // `a` = ethertype, version/IHL, TOS, total length, id (bytes 0..8);
-    // `b` = flags/fragment offset, TTL, protocol, checksum, ... (bytes 0..8).
+    // Two little-endian loads (the values do not depend on the host's byte
+    // order) cover the ethertype and IPv4 bytes 0..14. Byte i of each is
+    // bits 8i..8i+8:
+    // `a`: ethertype (0-1), version/IHL (2), TOS (3), total length (4-5), id;
+    // `b`: flags/fragment offset (0-1), TTL (2), protocol (3), checksum, ...
     let a = u64::from_le_bytes(*p[12..].first_chunk()?);
     let b = u64::from_le_bytes(*p[20..].first_chunk()?);
     // dl_type 0x0800, version 4, IHL 5.
     if a & 0xff_ffff != 0x45_0008 {
         return None;
     }
-    let tot = u16::from_be((a >> 32) as u16) as usize;
+    let tot = ((a >> 32) as u16).swap_bytes() as usize;
     let avail = len - l3;
     // Neither MF nor a fragment offset, and the protocol, in one compare.
     let frag_proto = b & 0xff00_ff3f;
