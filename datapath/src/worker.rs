@@ -990,7 +990,7 @@ impl Worker {
                 // On a small node the poll core is shared with the pods'
                 // own work: give it up now and then while nothing arrives
                 // (a yield with nothing else runnable returns at once).
-                if idle % YIELD_EVERY == 0 {
+                if idle.is_multiple_of(YIELD_EVERY) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
