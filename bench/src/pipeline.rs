@@ -62,6 +62,9 @@ impl PortRx for SinkRx {
     fn frame(&mut self, _i: usize) -> &mut [u8] {
         &mut []
     }
+    fn frames_mut<'a>(&'a mut self, _out: &mut [&'a mut [u8]]) -> usize {
+        0
+    }
     fn release(&mut self) {}
     fn wait_fd(&self) -> Option<RawFd> {
         None
@@ -74,6 +77,13 @@ impl PortTx for SinkTx {
         std::hint::black_box(frame);
         self.0.fetch_add(1, Ordering::Relaxed);
         true
+    }
+    #[inline]
+    fn send_batch(&mut self, frames: &[&[u8]]) -> (usize, u64) {
+        std::hint::black_box(frames);
+        let bytes = frames.iter().map(|f| f.len() as u64).sum();
+        self.0.fetch_add(frames.len() as u64, Ordering::Relaxed);
+        (frames.len(), bytes)
     }
     fn flush(&mut self) {}
 }
@@ -201,6 +211,14 @@ impl PortRx for BatchRx {
             Some(f) => f.as_mut_slice(),
             None => &mut [],
         }
+    }
+    fn frames_mut<'a>(&'a mut self, out: &mut [&'a mut [u8]]) -> usize {
+        let mut k = 0;
+        for (o, f) in out.iter_mut().zip(self.frames.iter_mut()) {
+            *o = f.as_mut_slice();
+            k += 1;
+        }
+        k
     }
     fn release(&mut self) {}
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {

@@ -22,6 +22,10 @@ pub trait PortRx: Send {
     fn recv(&mut self, max: usize) -> usize;
     /// Frame `i` of the current batch (`i < recv()`'s result).
     fn frame(&mut self, i: usize) -> &mut [u8];
+    /// All frames of the current batch at once (at most `out.len()`),
+    /// each writable and borrowed until the next call on `self`: puts
+    /// frame `i` in `out[i]` and returns how many were put.
+    fn frames_mut<'a>(&'a mut self, out: &mut [&'a mut [u8]]) -> usize;
     /// Gives the current batch's buffers back (to the kernel, for AF_XDP).
     fn release(&mut self);
     /// A file descriptor that becomes readable when frames arrive, for the
@@ -34,6 +38,19 @@ pub trait PortTx: Send {
     /// Queues a copy of `frame`. Returns false (frame dropped) if the
     /// transmit ring is full.
     fn send(&mut self, frame: &[u8]) -> bool;
+    /// Queues copies of `frames`, in order, as [`PortTx::send`] would one
+    /// by one. Returns how many were queued and their total length (the
+    /// rest were dropped).
+    fn send_batch(&mut self, frames: &[&[u8]]) -> (usize, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        for f in frames {
+            if self.send(f) {
+                n += 1;
+                bytes += f.len() as u64;
+            }
+        }
+        (n, bytes)
+    }
     /// Submits queued frames and wakes the kernel if it asked for it.
     fn flush(&mut self);
 }
@@ -117,6 +134,14 @@ impl PortRx for MemRx {
             .map(|v| v.as_mut_slice())
             .unwrap_or(&mut [])
     }
+    fn frames_mut<'a>(&'a mut self, out: &mut [&'a mut [u8]]) -> usize {
+        let mut n = 0;
+        for (o, f) in out.iter_mut().zip(self.batch.iter_mut()) {
+            *o = f.as_mut_slice();
+            n += 1;
+        }
+        n
+    }
     fn release(&mut self) {
         self.spare.append(&mut self.batch);
         self.spare.truncate(64);
@@ -140,6 +165,19 @@ impl PortTx for MemTx {
                 true
             }
             Err(_) => false,
+        }
+    }
+    fn send_batch(&mut self, frames: &[&[u8]]) -> (usize, u64) {
+        match self.q.lock() {
+            Ok(mut q) => {
+                let mut bytes = 0;
+                for f in frames {
+                    q.push_back(f.to_vec());
+                    bytes += f.len() as u64;
+                }
+                (frames.len(), bytes)
+            }
+            Err(_) => (0, 0),
         }
     }
     fn flush(&mut self) {}

@@ -49,6 +49,8 @@ pub const ARP_RETRY_MS: u64 = 200;
 const MAX_RECIRC: usize = 4;
 /// Room kept in front of a frame in scratch space for pushes/encap.
 const HEADROOM: usize = 128;
+/// Frames handed to a port's transmit half per call when flushing.
+const TX_CHUNK: usize = 2 * BATCH;
 
 /// Commands from the management side.
 pub enum WorkerCmd {
@@ -694,34 +696,50 @@ impl Engine {
         self.stage_frame(underlay, |out| tunnel::build_arp_request(out, cfg, remote));
     }
 
-    fn flush_one(&mut self, i: usize, rx: Option<&mut (dyn PortRx + 'static)>) {
+    fn flush_one(&mut self, i: usize, rx: Option<&[&mut [u8]]>) {
         let q = &mut self.stage[i];
         if q.frames.is_empty() && (q.refs.is_empty() || rx.is_none()) {
             return;
         }
         let port = &self.ports.ports[i];
         let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
-        let mut send = |tx: &mut Box<dyn crate::port::PortTx>, f: &[u8]| {
-            if tx.send(f) {
-                sent += 1;
-                bytes += f.len() as u64;
-            } else {
-                failed += 1;
-            }
-        };
         if let Some(tx) = &port.tx {
             let mut tx = lock(tx);
-            for &(s, n) in &q.frames {
-                send(&mut tx, &q.data[s as usize..(s + n) as usize]);
+            // Slices of everything to send, handed over a chunk at a time:
+            // one call to the port per chunk, not per frame.
+            let mut buf: [&[u8]; TX_CHUNK] = [&[]; TX_CHUNK];
+            let mut send = |tx: &mut dyn crate::port::PortTx, chunk: &[&[u8]]| {
+                let (n, b) = tx.send_batch(chunk);
+                sent += n as u64;
+                bytes += b;
+                failed += (chunk.len() - n.min(chunk.len())) as u64;
+            };
+            let data = &q.data;
+            for chunk in q.frames.chunks(TX_CHUNK) {
+                let mut k = 0;
+                for (b, &(s, n)) in buf.iter_mut().zip(chunk) {
+                    *b = &data[s as usize..(s + n) as usize];
+                    k += 1;
+                }
+                send(&mut **tx, &buf[..k]);
             }
             if let Some(rx) = rx {
-                for &(idx, off, len) in &q.refs {
-                    let f = rx.frame(idx as usize);
-                    let (off, len) = (off as usize, len as usize);
-                    if let Some(f) = f.get(off..off + len) {
-                        send(&mut tx, f);
+                for chunk in q.refs.chunks(TX_CHUNK) {
+                    let frames = chunk.iter().filter_map(|&(idx, off, len)| {
+                        let (off, len) = (off as usize, len as usize);
+                        rx.get(idx as usize)?.get(off..off + len)
+                    });
+                    let mut k = 0;
+                    for (b, f) in buf.iter_mut().zip(frames) {
+                        *b = f;
+                        k += 1;
+                    }
+                    if k > 0 {
+                        send(&mut **tx, &buf[..k]);
                     }
                 }
+            }
+            if rx.is_some() {
                 q.refs.clear();
             }
             tx.flush();
@@ -743,10 +761,22 @@ impl Engine {
     /// Sends everything staged (frames queued by reference are read from
     /// `rx`, the port the batch came from) and publishes counters; call
     /// after a batch, before giving `rx`'s buffers back.
-    pub fn flush(&mut self, mut rx: Option<&mut (dyn PortRx + 'static)>) {
+    pub fn flush(&mut self, rx: Option<&mut (dyn PortRx + 'static)>) {
+        let mut frames: [&mut [u8]; BATCH] = std::array::from_fn(|_| <&mut [u8]>::default());
+        match rx {
+            Some(rx) => {
+                let n = rx.frames_mut(&mut frames);
+                self.flush_frames(Some(&frames[..n]));
+            }
+            None => self.flush_frames(None),
+        }
+    }
+
+    /// [`Engine::flush`] with the batch's frames already in hand.
+    fn flush_frames(&mut self, rx: Option<&[&mut [u8]]>) {
         for k in 0..self.staged.len() {
             let i = self.staged[k] as usize;
-            self.flush_one(i, rx.as_deref_mut());
+            self.flush_one(i, rx);
         }
         self.staged.clear();
         self.emc.flush_stats(self.now_ms);
@@ -789,9 +819,10 @@ impl Engine {
         // `Switch::apply` that has returned could still be ignored by
         // the packets that follow it.
         self.refresh();
+        let mut frames: [&mut [u8]; BATCH] = std::array::from_fn(|_| <&mut [u8]>::default());
+        let n = rx.frames_mut(&mut frames).min(n);
         let mut bytes = 0u64;
-        for i in 0..n {
-            let f = rx.frame(i);
+        for (i, f) in frames[..n].iter_mut().enumerate() {
             bytes += f.len() as u64;
             self.process(state, i as u16, f, scratch);
         }
@@ -800,7 +831,7 @@ impl Engine {
             .rx_packets
             .fetch_add(n as u64, Ordering::Relaxed);
         state.counters.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.flush(Some(rx));
+        self.flush_frames(Some(&frames[..n]));
         n
     }
 

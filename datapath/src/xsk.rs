@@ -822,6 +822,34 @@ impl PortRx for XskRx {
         unsafe { std::slice::from_raw_parts_mut(self.shared.area.ptr.add(addr), len) }
     }
 
+    fn frames_mut<'a>(&'a mut self, out: &mut [&'a mut [u8]]) -> usize {
+        let n = (self.n as usize).min(out.len());
+        let area = self.shared.area.len;
+        for (i, o) in out.iter_mut().enumerate().take(n) {
+            let d = self.desc(i as u32);
+            let (Ok(addr), Ok(len)) = (usize::try_from(d.addr), usize::try_from(d.len)) else {
+                *o = &mut [];
+                continue;
+            };
+            match addr.checked_add(len) {
+                Some(end) if end <= area => {}
+                _ => {
+                    *o = &mut [];
+                    continue;
+                }
+            }
+            // SAFETY: as in `frame`: addr..addr+len lies inside the UMEM
+            // mapping (checked above), which lives as long as `self.shared`;
+            // the kernel handed the frame to userspace through the RX ring
+            // and gets it back only in `release`, which needs `&mut self`,
+            // borrowed here for 'a. The descriptors of one batch name
+            // distinct UMEM frames (each address is given to the fill ring
+            // once), so the slices handed out together never overlap.
+            *o = unsafe { std::slice::from_raw_parts_mut(self.shared.area.ptr.add(addr), len) };
+        }
+        n
+    }
+
     fn release(&mut self) {
         let n = self.n;
         if n == 0 {
