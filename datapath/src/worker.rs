@@ -255,6 +255,67 @@ impl Engine {
         scratch: &mut [u8],
     ) {
         self.packets += 1;
+        self.process_one(in_port, rx_idx, frame, scratch);
+    }
+
+    /// [`Engine::process`] without counting the packet (the caller counts
+    /// a batch at once).
+    #[inline(always)]
+    fn process_one(
+        &mut self,
+        in_port: &PortState,
+        rx_idx: u16,
+        frame: &mut [u8],
+        scratch: &mut [u8],
+    ) {
+        if !matches!(in_port.role, PortRole::Plain) {
+            return self.process_tunnel(in_port, rx_idx, frame, scratch);
+        }
+        // Straight from a plain port: the key's tunnel, metadata and
+        // register words are zero, so only its header words are hashed
+        // and compared.
+        let mut key = FlowKey::ZERO;
+        let layout = match extract(frame, in_port.no, &mut key) {
+            Ok(l) => l,
+            Err(r) => return self.drop_pkt(r),
+        };
+        let hash = key_hash_meta(&key, true);
+        let len = frame.len();
+        let hit = self.emc.lookup_meta(
+            &key,
+            true,
+            hash,
+            self.pipeline.version,
+            self.mac_gen,
+            len as u64,
+        );
+        if let Some((_, fast)) = hit {
+            if fast != NO_FAST_OUT {
+                self.stage_ref(fast as usize, rx_idx, 0, len);
+                return;
+            }
+        }
+        let mut pkt = Pkt {
+            len,
+            rx: frame,
+            rx_idx,
+            rx_off: 0,
+            scratch,
+            in_scratch: false,
+            start: 0,
+        };
+        self.run(&mut key, layout, &mut pkt, true, Some((hash, hit)));
+    }
+
+    /// [`Engine::process_one`] for a frame from an underlay port.
+    #[inline(never)]
+    fn process_tunnel(
+        &mut self,
+        in_port: &PortState,
+        rx_idx: u16,
+        frame: &mut [u8],
+        scratch: &mut [u8],
+    ) {
         let mut key = FlowKey::ZERO;
         let mut pkt = Pkt {
             len: frame.len(),
@@ -281,10 +342,8 @@ impl Engine {
             Ok(l) => l,
             Err(r) => return self.drop_pkt(r),
         };
-        // Straight from a plain port, the key's tunnel, metadata and
-        // register words are still zero.
         let meta_zero = port_no == in_port.no;
-        self.run(&mut key, layout, &mut pkt, meta_zero);
+        self.run(&mut key, layout, &mut pkt, meta_zero, None);
     }
 
     /// Tunnel endpoint on an underlay port: decapsulates VXLAN for us (and
@@ -353,23 +412,31 @@ impl Engine {
         mut layout: Layout,
         pkt: &mut Pkt<'_>,
         mut meta_zero: bool,
+        mut first: Option<(u32, Option<(usize, u32)>)>,
     ) {
         let mut recircs = 0;
         'recirc: loop {
             let key: &mut FlowKey = &mut *key;
-            let hash = key_hash_meta(key, meta_zero);
             let bytes = pkt.len as u64;
-            let slot = match self.emc.lookup_meta(
-                key,
-                meta_zero,
-                hash,
-                self.pipeline.version,
-                self.mac_gen,
-                bytes,
-            ) {
+            let (hash, hit) = match first.take() {
+                Some(done) => done,
+                None => {
+                    let hash = key_hash_meta(key, meta_zero);
+                    let hit = self.emc.lookup_meta(
+                        key,
+                        meta_zero,
+                        hash,
+                        self.pipeline.version,
+                        self.mac_gen,
+                        bytes,
+                    );
+                    (hash, hit)
+                }
+            };
+            let slot = match hit {
                 Some((i, fast)) => {
                     if fast != NO_FAST_OUT && !pkt.in_scratch {
-                        self.stage_ref(fast as usize, pkt);
+                        self.stage_ref(fast as usize, pkt.rx_idx, pkt.rx_off, pkt.len);
                         return;
                     }
                     i
@@ -404,7 +471,7 @@ impl Engine {
                     Some(Op::Out { idx, by_ref }) => {
                         let (idx, by_ref) = (*idx as usize, *by_ref);
                         if by_ref && !pkt.in_scratch {
-                            self.stage_ref(idx, pkt);
+                            self.stage_ref(idx, pkt.rx_idx, pkt.rx_off, pkt.len);
                         } else {
                             let b = pkt.bytes();
                             self.stage_at(idx, |out| {
@@ -534,12 +601,12 @@ impl Engine {
     /// `i`; it is sent at the end of the batch, before the batch's buffers
     /// are given back.
     #[inline]
-    fn stage_ref(&mut self, i: usize, pkt: &Pkt<'_>) {
+    fn stage_ref(&mut self, i: usize, rx_idx: u16, rx_off: u16, len: usize) {
         if let Some(q) = self.stage.get_mut(i) {
             if q.refs.is_empty() && q.frames.is_empty() {
                 self.staged.push(i as u32);
             }
-            q.refs.push((pkt.rx_idx, pkt.rx_off, pkt.len as u16));
+            q.refs.push((rx_idx, rx_off, len as u16));
         }
     }
 
@@ -822,9 +889,10 @@ impl Engine {
         let mut frames: [&mut [u8]; BATCH] = std::array::from_fn(|_| <&mut [u8]>::default());
         let n = rx.frames_mut(&mut frames).min(n);
         let mut bytes = 0u64;
+        self.packets += n as u64;
         for (i, f) in frames[..n].iter_mut().enumerate() {
             bytes += f.len() as u64;
-            self.process(state, i as u16, f, scratch);
+            self.process_one(state, i as u16, f, scratch);
         }
         state
             .counters
