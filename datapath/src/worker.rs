@@ -94,9 +94,14 @@ struct StageQ {
     data: Vec<u8>,
     used: usize,
     frames: Vec<(u32, u32)>,
-    /// Received frames queued by reference: (batch index, offset, length).
+    /// Received frames queued by reference: (batch index, offset, length),
+    /// or, with offset [`WHOLE`], a run of `length` whole frames from the
+    /// batch index on.
     refs: Vec<(u16, u16, u16)>,
 }
+
+/// Offset marking a run of whole received frames in [`StageQ::refs`].
+const WHOLE: u16 = u16::MAX;
 
 impl StageQ {
     /// Room for one more frame of up to `MAX_FRAME + HEADROOM` bytes.
@@ -118,11 +123,51 @@ impl StageQ {
         self.frames.push((self.used as u32, n as u32));
         self.used += n;
     }
+    /// Frames queued by reference.
+    fn n_refs(&self) -> usize {
+        self.refs
+            .iter()
+            .map(|&(_, off, len)| if off == WHOLE { len as usize } else { 1 })
+            .sum()
+    }
     #[inline]
     fn clear(&mut self) {
         self.frames.clear();
         self.refs.clear();
         self.used = 0;
+    }
+}
+
+/// Frames gathered for one call to [`crate::port::PortTx::send_batch`].
+struct TxGather<'a> {
+    buf: [&'a [u8]; TX_CHUNK],
+    k: usize,
+    sent: u64,
+    bytes: u64,
+    failed: u64,
+}
+
+impl<'a> TxGather<'a> {
+    #[inline(always)]
+    fn push(&mut self, tx: &mut dyn crate::port::PortTx, f: &'a [u8]) {
+        if self.k >= TX_CHUNK {
+            self.send(tx);
+        }
+        if let Some(b) = self.buf.get_mut(self.k) {
+            *b = f;
+            self.k += 1;
+        }
+    }
+    fn send(&mut self, tx: &mut dyn crate::port::PortTx) {
+        let chunk = &self.buf[..self.k.min(TX_CHUNK)];
+        if chunk.is_empty() {
+            return;
+        }
+        let (n, b) = tx.send_batch(chunk);
+        self.sent += n as u64;
+        self.bytes += b;
+        self.failed += (chunk.len() - n.min(chunk.len())) as u64;
+        self.k = 0;
     }
 }
 
@@ -291,7 +336,7 @@ impl Engine {
         );
         if let Some((_, fast)) = hit {
             if fast != NO_FAST_OUT {
-                self.stage_ref(fast as usize, rx_idx, 0, len);
+                self.stage_whole(fast as usize, rx_idx);
                 return;
             }
         }
@@ -610,6 +655,23 @@ impl Engine {
         }
     }
 
+    /// [`Engine::stage_ref`] for received frame `rx_idx` whole and
+    /// unchanged: extends a run of consecutive frames if it can.
+    #[inline]
+    fn stage_whole(&mut self, i: usize, rx_idx: u16) {
+        if let Some(q) = self.stage.get_mut(i) {
+            match q.refs.last_mut() {
+                Some((start, WHOLE, n)) if *start + *n == rx_idx => *n += 1,
+                last => {
+                    if last.is_none() && q.frames.is_empty() {
+                        self.staged.push(i as u32);
+                    }
+                    q.refs.push((rx_idx, WHOLE, 1));
+                }
+            }
+        }
+    }
+
     fn upcall(&mut self, key: &FlowKey) -> Arc<CachedFlow> {
         self.upcalls += 1;
         let mut macs = lock(&self.shared.macs);
@@ -769,49 +831,54 @@ impl Engine {
             return;
         }
         let port = &self.ports.ports[i];
-        let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        let (sent, bytes, failed);
         if let Some(tx) = &port.tx {
             let mut tx = lock(tx);
             // Slices of everything to send, handed over a chunk at a time:
             // one call to the port per chunk, not per frame.
-            let mut buf: [&[u8]; TX_CHUNK] = [&[]; TX_CHUNK];
-            let mut send = |tx: &mut dyn crate::port::PortTx, chunk: &[&[u8]]| {
-                let (n, b) = tx.send_batch(chunk);
-                sent += n as u64;
-                bytes += b;
-                failed += (chunk.len() - n.min(chunk.len())) as u64;
+            let mut g = TxGather {
+                buf: [&[]; TX_CHUNK],
+                k: 0,
+                sent: 0,
+                bytes: 0,
+                failed: 0,
             };
+            let tx: &mut dyn crate::port::PortTx = &mut **tx;
             let data = &q.data;
             for chunk in q.frames.chunks(TX_CHUNK) {
-                let mut k = 0;
-                for (b, &(s, n)) in buf.iter_mut().zip(chunk) {
+                for (b, &(s, n)) in g.buf.iter_mut().zip(chunk) {
                     *b = &data[s as usize..(s + n) as usize];
-                    k += 1;
                 }
-                send(&mut **tx, &buf[..k]);
+                g.k = chunk.len();
+                g.send(tx);
             }
             if let Some(rx) = rx {
-                for chunk in q.refs.chunks(TX_CHUNK) {
-                    let frames = chunk.iter().filter_map(|&(idx, off, len)| {
-                        let (off, len) = (off as usize, len as usize);
-                        rx.get(idx as usize)?.get(off..off + len)
-                    });
-                    let mut k = 0;
-                    for (b, f) in buf.iter_mut().zip(frames) {
-                        *b = f;
-                        k += 1;
-                    }
-                    if k > 0 {
-                        send(&mut **tx, &buf[..k]);
+                for &(idx, off, len) in &q.refs {
+                    let (idx, off, len) = (idx as usize, off, len as usize);
+                    if off == WHOLE {
+                        let Some(run) = rx.get(idx..idx + len) else {
+                            continue;
+                        };
+                        for f in run {
+                            g.push(tx, f);
+                        }
+                    } else {
+                        let off = off as usize;
+                        if let Some(f) = rx.get(idx).and_then(|f| f.get(off..off + len)) {
+                            g.push(tx, f);
+                        }
                     }
                 }
             }
+            g.send(tx);
+            (sent, bytes, failed) = (g.sent, g.bytes, g.failed);
             if rx.is_some() {
                 q.refs.clear();
             }
             tx.flush();
         } else {
-            failed = (q.frames.len() + q.refs.len()) as u64;
+            (sent, bytes) = (0, 0);
+            failed = (q.frames.len() + q.n_refs()) as u64;
             q.refs.clear();
         }
         q.frames.clear();
@@ -909,7 +976,7 @@ impl Engine {
         let Some(i) = self.ports.index(no) else {
             return 0;
         };
-        let n = self.stage[i].frames.len() + self.stage[i].refs.len();
+        let n = self.stage[i].frames.len() + self.stage[i].n_refs();
         self.stage[i].clear();
         n
     }
