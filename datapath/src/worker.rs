@@ -102,6 +102,8 @@ struct StageQ {
 
 /// Offset marking a run of whole received frames in [`StageQ::refs`].
 const WHOLE: u16 = u16::MAX;
+/// No open run in [`Engine::stage_whole`].
+const NO_RUN: u32 = u32::MAX;
 
 impl StageQ {
     /// Room for one more frame of up to `MAX_FRAME + HEADROOM` bytes.
@@ -183,6 +185,11 @@ pub struct Engine {
     stage: Vec<StageQ>,
     /// Indices of `stage` queues that hold something this batch.
     staged: Vec<u32>,
+    /// Open run of whole received frames `run_start..run_end` for the
+    /// port at index `run_port` ([`NO_RUN`]: none), not yet in `stage`.
+    run_port: u32,
+    run_start: u16,
+    run_end: u16,
     mac_gen: u64,
     now_ms: u64,
     /// When this thread last asked ARP for a tunnel remote (rate limit).
@@ -253,6 +260,9 @@ impl Engine {
             ports,
             stage: Vec::new(),
             staged: Vec::with_capacity(64),
+            run_port: NO_RUN,
+            run_start: 0,
+            run_end: 0,
             mac_gen: 0,
             now_ms: 0,
             arp_asked: std::collections::HashMap::new(),
@@ -266,6 +276,7 @@ impl Engine {
     /// Picks up the newest pipeline and port table; call once per batch.
     #[inline]
     pub fn refresh(&mut self) {
+        self.close_run();
         let p = self.shared.pipeline.load();
         if !Arc::ptr_eq(&p, &self.pipeline) {
             self.pipeline = arc_swap::Guard::into_inner(p);
@@ -336,7 +347,7 @@ impl Engine {
         );
         if let Some((_, fast)) = hit {
             if fast != NO_FAST_OUT {
-                self.stage_whole(fast as usize, rx_idx);
+                self.stage_whole(fast, rx_idx);
                 return;
             }
         }
@@ -647,6 +658,7 @@ impl Engine {
     /// are given back.
     #[inline]
     fn stage_ref(&mut self, i: usize, rx_idx: u16, rx_off: u16, len: usize) {
+        self.close_run();
         if let Some(q) = self.stage.get_mut(i) {
             if q.refs.is_empty() && q.frames.is_empty() {
                 self.staged.push(i as u32);
@@ -656,19 +668,41 @@ impl Engine {
     }
 
     /// [`Engine::stage_ref`] for received frame `rx_idx` whole and
-    /// unchanged: extends a run of consecutive frames if it can.
+    /// unchanged. Consecutive frames for the same port extend the open run
+    /// of whole frames, kept in the engine until something else is staged.
+    #[inline(always)]
+    fn stage_whole(&mut self, i: u32, rx_idx: u16) {
+        if i == self.run_port && rx_idx == self.run_end {
+            self.run_end += 1;
+        } else {
+            self.open_run(i, rx_idx);
+        }
+    }
+
+    #[inline(never)]
+    fn open_run(&mut self, i: u32, rx_idx: u16) {
+        self.close_run();
+        self.run_port = i;
+        self.run_start = rx_idx;
+        self.run_end = rx_idx.saturating_add(1);
+    }
+
+    /// Queues the open run of whole frames (see [`Engine::stage_whole`]);
+    /// call before staging anything else, so each port's frames keep their
+    /// order.
     #[inline]
-    fn stage_whole(&mut self, i: usize, rx_idx: u16) {
+    fn close_run(&mut self) {
+        if self.run_port == NO_RUN {
+            return;
+        }
+        let i = self.run_port as usize;
+        self.run_port = NO_RUN;
         if let Some(q) = self.stage.get_mut(i) {
-            match q.refs.last_mut() {
-                Some((start, WHOLE, n)) if *start + *n == rx_idx => *n += 1,
-                last => {
-                    if last.is_none() && q.frames.is_empty() {
-                        self.staged.push(i as u32);
-                    }
-                    q.refs.push((rx_idx, WHOLE, 1));
-                }
+            if q.refs.is_empty() && q.frames.is_empty() {
+                self.staged.push(i as u32);
             }
+            q.refs
+                .push((self.run_start, WHOLE, self.run_end - self.run_start));
         }
     }
 
@@ -715,6 +749,7 @@ impl Engine {
     /// [`Engine::stage_frame`] for the port at dense index `i`.
     #[inline]
     fn stage_at(&mut self, i: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.close_run();
         let Some(q) = self.stage.get_mut(i) else {
             return false;
         };
@@ -908,6 +943,7 @@ impl Engine {
 
     /// [`Engine::flush`] with the batch's frames already in hand.
     fn flush_frames(&mut self, rx: Option<&[&mut [u8]]>) {
+        self.close_run();
         for k in 0..self.staged.len() {
             let i = self.staged[k] as usize;
             self.flush_one(i, rx);
@@ -973,6 +1009,7 @@ impl Engine {
     /// The staged frames for port `no` (benchmarks and tests that drive
     /// an engine by hand); clears them.
     pub fn take_staged(&mut self, no: PortNo) -> usize {
+        self.close_run();
         let Some(i) = self.ports.index(no) else {
             return 0;
         };
