@@ -50,7 +50,7 @@ const MAX_RECIRC: usize = 4;
 /// Room kept in front of a frame in scratch space for pushes/encap.
 const HEADROOM: usize = 128;
 /// Frames handed to a port's transmit half per call when flushing.
-const TX_CHUNK: usize = 2 * BATCH;
+const TX_CHUNK: usize = BATCH;
 
 /// Commands from the management side.
 pub enum WorkerCmd {
@@ -894,6 +894,13 @@ impl Engine {
                         let Some(run) = rx.get(idx..idx + len) else {
                             continue;
                         };
+                        if let Some(room) = g.buf.get_mut(g.k..g.k + len) {
+                            for (b, f) in room.iter_mut().zip(run) {
+                                *b = f;
+                            }
+                            g.k += len;
+                            continue;
+                        }
                         for f in run {
                             g.push(tx, f);
                         }
