@@ -161,3 +161,71 @@ fn malformed_frames_are_counted_not_fatal() {
     let truncated = st.drops.iter().find(|d| d.0 == "truncated").unwrap().1;
     assert!(truncated >= 3, "{:?}", st.drops);
 }
+
+/// Frames of one batch to the same port, sent whole by reference (runs),
+/// by reference after another output, and as modified copies: each
+/// arrives once, unmodified where it should be, in order within its flow.
+#[test]
+fn batch_refs_runs_and_copies() {
+    let sw = Switch::start(&SwitchConfig::default()).unwrap();
+    let (a, b, c) = (MemPort::new("a"), MemPort::new("b"), MemPort::new("c"));
+    let (ai, bs, cs) = (a.inject.clone(), b.sent.clone(), c.sent.clone());
+    sw.add_port(1, Box::new(a), VlanMode::Trunk).unwrap();
+    sw.add_port(2, Box::new(b), VlanMode::Trunk).unwrap();
+    sw.add_port(3, Box::new(c), VlanMode::Trunk).unwrap();
+    add(
+        &sw,
+        &[
+            "in_port=1,dl_src=02:00:00:00:00:01 actions=output:2",
+            "in_port=1,dl_src=02:00:00:00:00:03 actions=output:2,mod_dl_dst:02:00:00:00:00:99,output:3",
+            "in_port=1,dl_src=02:00:00:00:00:04 actions=output:3,output:2",
+        ],
+    );
+    // Runs of the fast flow broken by the others; the last byte numbers
+    // the frames.
+    let srcs = [1u8, 1, 1, 3, 1, 4, 4, 1, 1, 3];
+    let mut sent = Vec::new();
+    {
+        let mut q = ai.lock().unwrap();
+        for i in 0..70u8 {
+            let s = srcs[i as usize % srcs.len()];
+            let mut f = frame([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, s], None);
+            *f.last_mut().unwrap() = i;
+            q.push_back(f.clone());
+            sent.push(f);
+        }
+    }
+    let n_to = |want: &[u8]| sent.iter().filter(|f| want.contains(&f[11])).count();
+    let got2 = wait_for(&bs, n_to(&[1, 3, 4]));
+    let got3 = wait_for(&cs, n_to(&[3, 4]));
+    assert_eq!(got2.len(), n_to(&[1, 3, 4]));
+    assert_eq!(got3.len(), n_to(&[3, 4]));
+    for s in [1u8, 3, 4] {
+        let want: Vec<&Vec<u8>> = sent.iter().filter(|f| f[11] == s).collect();
+        let on2: Vec<&Vec<u8>> = got2.iter().filter(|f| f[11] == s).collect();
+        assert_eq!(on2, want, "port 2, source {s}: unmodified, in order");
+        if s != 1 {
+            let on3: Vec<&Vec<u8>> = got3.iter().filter(|f| f[11] == s).collect();
+            assert_eq!(on3.len(), want.len());
+            for (g, w) in on3.iter().zip(&want) {
+                let dst: &[u8] = if s == 3 {
+                    &[2, 0, 0, 0, 0, 0x99]
+                } else {
+                    &w[..6]
+                };
+                assert_eq!(&g[..6], dst, "port 3, source {s}");
+                assert_eq!(&g[6..], &w[6..], "port 3, source {s}");
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let ports = sw.ports();
+    let tx = |no| ports.get(no).map(|p| p.counters.snapshot().tx_packets);
+    assert_eq!(tx(2), Some(n_to(&[1, 3, 4]) as u64));
+    assert_eq!(tx(3), Some(n_to(&[3, 4]) as u64));
+    assert_eq!(
+        tx(2).map(|_| ports.get(2).unwrap().counters.snapshot().tx_bytes),
+        Some(n_to(&[1, 3, 4]) as u64 * sent[0].len() as u64)
+    );
+    sw.shutdown();
+}
