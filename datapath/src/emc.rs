@@ -85,7 +85,7 @@ fn same_words(a: &FlowKey, b: &FlowKey, n: usize) -> bool {
 /// The cache.
 #[derive(Debug)]
 pub struct Emc {
-    slots: Box<[Slot]>,
+    slots: Box<[Slot; EMC_SIZE]>,
     dirty: Vec<u32>,
     /// Lookups that hit a valid entry.
     pub hits: u64,
@@ -154,6 +154,9 @@ impl Emc {
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
+        let Ok(slots) = slots.try_into() else {
+            unreachable!("built with EMC_SIZE slots")
+        };
         Emc {
             slots,
             dirty: Vec::with_capacity(256),
