@@ -4,8 +4,10 @@
 //! A direct-mapped table of [`EMC_SIZE`] slots keyed by the whole
 //! [`FlowKey`], each slot holding the datapath actions that translation
 //! produced for that key. An entry is valid only for the pipeline version
-//! (and, if it used `normal`, the MAC-table generation) it was made with, so
-//! every table change invalidates it without any explicit flush. Hits add to
+//! (and, if it used `normal`, the MAC-table generation) it was made with:
+//! the poll thread tells the cache the current ones once per batch
+//! ([`Emc::sync`]), which empties it on a new version and drops the
+//! MAC-dependent entries on a new generation, so a hit checks no version. Hits add to
 //! per-entry pending counters, credited to the flows once per batch.
 
 use std::sync::Arc;
@@ -57,19 +59,25 @@ pub struct CachedFlow {
 #[derive(Debug)]
 struct Slot {
     key: FlowKey,
-    hash: u32,
+    /// The key's hash with [`TAG_VALID`] set while the slot may hit, and
+    /// [`TAG_META_ZERO`] when the key's metadata words are zero (then only
+    /// its header words are compared); 0 in an empty or invalidated slot.
+    tag: u64,
     /// Copy of the flow's `fast_out`, so the common hit needs no pointer
     /// chase.
     fast_out: u32,
-    version: u64,
     /// `u64::MAX` when the flow does not depend on the MAC table.
     mac_gen: u64,
-    /// The key's metadata words are zero (only header words compared).
-    meta_zero: bool,
     flow: Option<Arc<CachedFlow>>,
     pending_packets: u64,
     pending_bytes: u64,
 }
+
+/// [`Slot`] tag bit: the entry is valid for the cache's current pipeline
+/// version and MAC-table generation.
+const TAG_VALID: u64 = 1 << 32;
+/// [`Slot`] tag bit: the key's metadata words are zero.
+const TAG_META_ZERO: u64 = 1 << 33;
 
 /// Key equality without a `memcmp` call: one OR of the word differences
 /// over the first `n` words.
@@ -87,6 +95,15 @@ fn same_words(a: &FlowKey, b: &FlowKey, n: usize) -> bool {
 pub struct Emc {
     slots: Box<[Slot; EMC_SIZE]>,
     dirty: Vec<u32>,
+    /// Pipeline version and MAC-table generation the valid entries were
+    /// made for (see [`Emc::sync`]).
+    version: u64,
+    mac_gen: u64,
+    /// Slots that were given flows depending on the MAC table (some may
+    /// have been overwritten since).
+    mac_slots: Vec<u32>,
+    /// Latest time seen, for crediting entries evicted by a lookup.
+    now_ms: u64,
     /// Lookups that hit a valid entry.
     pub hits: u64,
     /// Lookups that missed (or found a stale entry).
@@ -143,11 +160,9 @@ impl Emc {
         let slots = (0..EMC_SIZE)
             .map(|_| Slot {
                 key: FlowKey::ZERO,
-                hash: 0,
+                tag: 0,
                 fast_out: NO_FAST_OUT,
-                version: u64::MAX,
-                mac_gen: 0,
-                meta_zero: false,
+                mac_gen: u64::MAX,
                 flow: None,
                 pending_packets: 0,
                 pending_bytes: 0,
@@ -160,6 +175,10 @@ impl Emc {
         Emc {
             slots,
             dirty: Vec::with_capacity(256),
+            version: u64::MAX,
+            mac_gen: 0,
+            mac_slots: Vec::new(),
+            now_ms: 0,
             hits: 0,
             misses: 0,
         }
@@ -193,18 +212,63 @@ impl Emc {
         mac_gen: u64,
         bytes: u64,
     ) -> Option<(usize, u32)> {
+        self.sync(version, mac_gen, self.now_ms);
+        self.lookup_synced(key, meta_zero, hash, bytes)
+    }
+
+    /// Makes the valid entries those for pipeline `version` and MAC-table
+    /// generation `mac_gen`: a new version empties the cache, a new
+    /// generation drops the entries that depend on the MAC table. Cheap
+    /// when nothing changed; call before [`Emc::lookup_synced`].
+    #[inline]
+    pub fn sync(&mut self, version: u64, mac_gen: u64, now_ms: u64) {
+        self.now_ms = now_ms;
+        if version != self.version || mac_gen != self.mac_gen {
+            self.resync(version, mac_gen);
+        }
+    }
+
+    #[cold]
+    fn resync(&mut self, version: u64, mac_gen: u64) {
+        if version != self.version {
+            self.clear(self.now_ms);
+            self.mac_slots.clear();
+        } else {
+            self.flush_stats(self.now_ms);
+            for &i in &self.mac_slots {
+                let slot = &mut self.slots[i as usize & (EMC_SIZE - 1)];
+                if slot.mac_gen != u64::MAX {
+                    slot.tag = 0;
+                    slot.flow = None;
+                    slot.mac_gen = u64::MAX;
+                }
+            }
+            self.mac_slots.clear();
+        }
+        self.version = version;
+        self.mac_gen = mac_gen;
+    }
+
+    /// [`Emc::lookup_meta`] for the version and generation of the last
+    /// [`Emc::sync`].
+    #[inline(always)]
+    pub fn lookup_synced(
+        &mut self,
+        key: &FlowKey,
+        meta_zero: bool,
+        hash: u32,
+        bytes: u64,
+    ) -> Option<(usize, u32)> {
         let idx = hash as usize & (EMC_SIZE - 1);
         let slot = &mut self.slots[idx];
-        let same = if meta_zero {
-            slot.meta_zero && same_words(&slot.key, key, HEADER_WORDS)
+        let hit = if meta_zero {
+            slot.tag == hash as u64 | TAG_VALID | TAG_META_ZERO
+                && same_words(&slot.key, key, HEADER_WORDS)
         } else {
-            same_words(&slot.key, key, KEY_WORDS)
+            slot.tag & !TAG_META_ZERO == hash as u64 | TAG_VALID
+                && same_words(&slot.key, key, KEY_WORDS)
         };
-        if slot.hash == hash
-            && slot.version == version
-            && (slot.mac_gen == u64::MAX || slot.mac_gen == mac_gen)
-            && same
-        {
+        if hit {
             if slot.pending_packets == 0 {
                 self.dirty.push(idx as u32);
             }
@@ -235,19 +299,28 @@ impl Emc {
         bytes: u64,
         now_ms: u64,
     ) -> usize {
+        self.now_ms = now_ms;
         let idx = hash as usize & (EMC_SIZE - 1);
+        // The newest translation defines what is current: one made for
+        // another pipeline version or MAC-table generation moves the
+        // cache there (dropping what it holds for the old one).
+        let mac_dep = flow.x.uses_mac_table;
+        if flow.version != self.version || (mac_dep && flow.mac_gen != self.mac_gen) {
+            let gen = if mac_dep { flow.mac_gen } else { self.mac_gen };
+            self.resync(flow.version, gen);
+        }
+        if mac_dep {
+            if self.mac_slots.len() >= 2 * EMC_SIZE {
+                self.compact_mac_slots();
+            }
+            self.mac_slots.push(idx as u32);
+        }
         let slot = &mut self.slots[idx];
         credit(slot, now_ms);
         slot.key = *key;
-        slot.hash = hash;
-        slot.meta_zero = meta_is_zero(key);
+        slot.tag = hash as u64 | TAG_VALID | if meta_is_zero(key) { TAG_META_ZERO } else { 0 };
         slot.fast_out = flow.fast_out;
-        slot.version = flow.version;
-        slot.mac_gen = if flow.x.uses_mac_table {
-            flow.mac_gen
-        } else {
-            u64::MAX
-        };
+        slot.mac_gen = if mac_dep { flow.mac_gen } else { u64::MAX };
         slot.flow = Some(flow);
         slot.pending_packets = 1;
         slot.pending_bytes = bytes;
@@ -255,8 +328,19 @@ impl Emc {
         idx
     }
 
+    /// Keeps one entry per slot that still holds a MAC-dependent flow.
+    #[cold]
+    fn compact_mac_slots(&mut self) {
+        let slots = &self.slots;
+        self.mac_slots
+            .retain(|&i| slots[i as usize & (EMC_SIZE - 1)].mac_gen != u64::MAX);
+        self.mac_slots.sort_unstable();
+        self.mac_slots.dedup();
+    }
+
     /// Credits pending hits to flow and table counters; call once a batch.
     pub fn flush_stats(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
         for &i in &self.dirty {
             credit(&mut self.slots[i as usize], now_ms);
         }
@@ -268,8 +352,10 @@ impl Emc {
         self.flush_stats(now_ms);
         for s in self.slots.iter_mut() {
             s.flow = None;
-            s.version = u64::MAX;
+            s.tag = 0;
+            s.mac_gen = u64::MAX;
         }
+        self.mac_slots.clear();
     }
 }
 
@@ -363,6 +449,47 @@ mod tests {
         let mut k2 = k;
         k2.set(Field::InPort, 2);
         assert!(emc.lookup(&k2, key_hash(&k2), 1, 0, 60).is_none());
+    }
+
+    #[test]
+    fn new_mac_generation_drops_only_mac_dependent_entries() {
+        let mut emc = Emc::new();
+        let entry = |emc: &mut Emc, port: u64, uses_mac_table: bool| {
+            let mut k = FlowKey::ZERO;
+            k.set(Field::InPort, port);
+            let h = key_hash(&k);
+            let x = Xlation {
+                uses_mac_table,
+                ..Xlation::default()
+            };
+            let flow = Arc::new(CachedFlow {
+                x,
+                version: 1,
+                mac_gen: 7,
+                ops: Vec::new(),
+                fast_out: NO_FAST_OUT,
+            });
+            emc.insert(&k, h, flow, 60, 0);
+            (k, h)
+        };
+        let (km, hm) = entry(&mut emc, 1, true);
+        let (kp, hp) = entry(&mut emc, 2, false);
+        assert!(emc.lookup(&km, hm, 1, 7, 60).is_some());
+        assert!(emc.lookup(&kp, hp, 1, 7, 60).is_some());
+        emc.sync(1, 8, 0);
+        assert!(
+            emc.lookup_synced(&km, true, hm, 60).is_none(),
+            "MAC entry dropped"
+        );
+        assert!(
+            emc.lookup_synced(&kp, true, hp, 60).is_some(),
+            "plain entry kept"
+        );
+        emc.sync(2, 8, 0);
+        assert!(
+            emc.lookup_synced(&kp, true, hp, 60).is_none(),
+            "new version empties"
+        );
     }
 
     #[test]

@@ -293,6 +293,8 @@ impl Engine {
         }
         self.mac_gen = self.shared.mac_gen.load(Ordering::Acquire);
         self.now_ms = self.shared.now_ms();
+        self.emc
+            .sync(self.pipeline.version, self.mac_gen, self.now_ms);
     }
 
     #[inline]
@@ -337,14 +339,7 @@ impl Engine {
         };
         let hash = key_hash_meta(&key, true);
         let len = frame.len();
-        let hit = self.emc.lookup_meta(
-            &key,
-            true,
-            hash,
-            self.pipeline.version,
-            self.mac_gen,
-            len as u64,
-        );
+        let hit = self.emc.lookup_synced(&key, true, hash, len as u64);
         if let Some((_, fast)) = hit {
             if fast != NO_FAST_OUT {
                 self.stage_whole(fast, rx_idx);
@@ -478,14 +473,7 @@ impl Engine {
                 Some(done) => done,
                 None => {
                     let hash = key_hash_meta(key, meta_zero);
-                    let hit = self.emc.lookup_meta(
-                        key,
-                        meta_zero,
-                        hash,
-                        self.pipeline.version,
-                        self.mac_gen,
-                        bytes,
-                    );
+                    let hit = self.emc.lookup_synced(key, meta_zero, hash, bytes);
                     (hash, hit)
                 }
             };
