@@ -79,6 +79,16 @@ const TAG_VALID: u64 = 1 << 32;
 /// [`Slot`] tag bit: the key's metadata words are zero.
 const TAG_META_ZERO: u64 = 1 << 33;
 
+/// True if the header words of `k` are `w` (compared without `memcmp`).
+#[inline(always)]
+pub fn same_header(k: &FlowKey, w: &[u64; HEADER_WORDS]) -> bool {
+    let mut d = 0u64;
+    for (a, b) in k.w[..HEADER_WORDS].iter().zip(w) {
+        d |= a ^ b;
+    }
+    d == 0
+}
+
 /// Key equality without a `memcmp` call: one OR of the word differences
 /// over the first `n` words.
 #[inline(always)]
@@ -279,6 +289,20 @@ impl Emc {
         }
         self.misses += 1;
         None
+    }
+
+    /// Counts another hit on slot `idx` without looking it up: the caller
+    /// knows the slot holds the packet's key (a lookup of an equal key
+    /// returned it, with no insert or sync since).
+    #[inline(always)]
+    pub fn credit_hit(&mut self, idx: usize, bytes: u64) {
+        let slot = &mut self.slots[idx & (EMC_SIZE - 1)];
+        if slot.pending_packets == 0 {
+            self.dirty.push(idx as u32);
+        }
+        slot.pending_packets += 1;
+        slot.pending_bytes += bytes;
+        self.hits += 1;
     }
 
     /// The translation in slot `idx` (from [`Emc::lookup`] or

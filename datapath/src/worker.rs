@@ -26,7 +26,9 @@ use flows::pipeline::Pipeline;
 use flows::xlate::{translate, DpAction, XlateDrop, XlateEnv};
 
 use crate::conntrack::{CtInput, Tuple};
-use crate::emc::{key_hash_meta, meta_is_zero, CachedFlow, Emc, Op, NO_FAST_OUT};
+use crate::emc::{
+    key_hash_meta, meta_is_zero, same_header, CachedFlow, Emc, Op, HEADER_WORDS, NO_FAST_OUT,
+};
 use crate::extract::{extract, DropReason, Layout};
 use crate::packet;
 use crate::port::{PortRx, MAX_FRAME};
@@ -138,6 +140,16 @@ impl StageQ {
         self.refs.clear();
         self.used = 0;
     }
+}
+
+/// The previous packet of a batch, when it hit a cache entry with a single
+/// output: a packet with the same header words (from the same plain port)
+/// hits the same slot, found without hashing.
+#[derive(Clone, Copy, Debug)]
+struct LastHit {
+    words: [u64; HEADER_WORDS],
+    slot: usize,
+    fast: u32,
 }
 
 /// Frames gathered for one call to [`crate::port::PortTx::send_batch`].
@@ -313,7 +325,7 @@ impl Engine {
         scratch: &mut [u8],
     ) {
         self.packets += 1;
-        self.process_one(in_port, rx_idx, frame, scratch);
+        self.process_one(in_port, rx_idx, frame, scratch, &mut None);
     }
 
     /// [`Engine::process`] without counting the packet (the caller counts
@@ -325,6 +337,7 @@ impl Engine {
         rx_idx: u16,
         frame: &mut [u8],
         scratch: &mut [u8],
+        last: &mut Option<LastHit>,
     ) {
         if !matches!(in_port.role, PortRole::Plain) {
             return self.process_tunnel(in_port, rx_idx, frame, scratch);
@@ -337,15 +350,29 @@ impl Engine {
             Ok(l) => l,
             Err(r) => return self.drop_pkt(r),
         };
-        let hash = key_hash_meta(&key, true);
         let len = frame.len();
-        let hit = self.emc.lookup_synced(&key, true, hash, len as u64);
-        if let Some((_, fast)) = hit {
-            if fast != NO_FAST_OUT {
+        // A run of packets of one flow: same slot as the previous packet.
+        if let Some(l) = last {
+            if same_header(&key, &l.words) {
+                let (slot, fast) = (l.slot, l.fast);
+                self.emc.credit_hit(slot, len as u64);
                 self.stage_whole(fast, rx_idx);
                 return;
             }
         }
+        let hash = key_hash_meta(&key, true);
+        let hit = self.emc.lookup_synced(&key, true, hash, len as u64);
+        if let Some((slot, fast)) = hit {
+            if fast != NO_FAST_OUT {
+                let mut words = [0; HEADER_WORDS];
+                words.copy_from_slice(&key.w[..HEADER_WORDS]);
+                *last = Some(LastHit { words, slot, fast });
+                self.stage_whole(fast, rx_idx);
+                return;
+            }
+        }
+        // What follows may change the cache.
+        *last = None;
         let mut pkt = Pkt {
             len,
             rx: frame,
@@ -988,9 +1015,10 @@ impl Engine {
         let n = rx.frames_mut(&mut frames).min(n);
         let mut bytes = 0u64;
         self.packets += n as u64;
+        let mut last = None;
         for (i, f) in frames[..n].iter_mut().enumerate() {
             bytes += f.len() as u64;
-            self.process_one(state, i as u16, f, scratch);
+            self.process_one(state, i as u16, f, scratch, &mut last);
         }
         state
             .counters

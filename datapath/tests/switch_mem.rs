@@ -219,6 +219,17 @@ fn batch_refs_runs_and_copies() {
         }
     }
     std::thread::sleep(Duration::from_millis(20));
+    // Every frame credited once to its flow, and counted once by the cache.
+    let p = sw.pipeline();
+    let credited: u64 = p
+        .flows(&Default::default())
+        .iter()
+        .map(|e| e.stats.n_packets.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(credited, sent.len() as u64);
+    let st = sw.stats();
+    assert_eq!(st.emc_hits + st.emc_misses, sent.len() as u64);
+    assert_eq!(st.packets, sent.len() as u64);
     let ports = sw.ports();
     let tx = |no| ports.get(no).map(|p| p.counters.snapshot().tx_packets);
     assert_eq!(tx(2), Some(n_to(&[1, 3, 4]) as u64));
