@@ -291,18 +291,19 @@ impl Emc {
         None
     }
 
-    /// Counts another hit on slot `idx` without looking it up: the caller
+    /// Counts more hits on slot `idx` without looking them up: the caller
     /// knows the slot holds the packet's key (a lookup of an equal key
     /// returned it, with no insert or sync since).
-    #[inline(always)]
-    pub fn credit_hit(&mut self, idx: usize, bytes: u64) {
+    /// `packets` of them, of `bytes` in all.
+    #[inline]
+    pub fn credit_hits(&mut self, idx: usize, packets: u64, bytes: u64) {
         let slot = &mut self.slots[idx & (EMC_SIZE - 1)];
         if slot.pending_packets == 0 {
             self.dirty.push(idx as u32);
         }
-        slot.pending_packets += 1;
+        slot.pending_packets += packets;
         slot.pending_bytes += bytes;
-        self.hits += 1;
+        self.hits += packets;
     }
 
     /// The translation in slot `idx` (from [`Emc::lookup`] or

@@ -144,12 +144,17 @@ impl StageQ {
 
 /// The previous packet of a batch, when it hit a cache entry with a single
 /// output: a packet with the same header words (from the same plain port)
-/// hits the same slot, found without hashing.
+/// hits the same slot, found without hashing. The first packet of such a
+/// run is credited and staged as usual; the `extra` ones after it only
+/// counted here, then credited to the slot and appended to the engine's
+/// open run of whole frames at once ([`Engine::commit_last`]).
 #[derive(Clone, Copy, Debug)]
 struct LastHit {
     words: [u64; HEADER_WORDS],
     slot: usize,
     fast: u32,
+    extra: u16,
+    extra_bytes: u64,
 }
 
 /// Frames gathered for one call to [`crate::port::PortTx::send_batch`].
@@ -325,7 +330,9 @@ impl Engine {
         scratch: &mut [u8],
     ) {
         self.packets += 1;
-        self.process_one(in_port, rx_idx, frame, scratch, &mut None);
+        let mut last = None;
+        self.process_one(in_port, rx_idx, frame, scratch, &mut last);
+        self.commit_last(&mut last);
     }
 
     /// [`Engine::process`] without counting the packet (the caller counts
@@ -340,6 +347,7 @@ impl Engine {
         last: &mut Option<LastHit>,
     ) {
         if !matches!(in_port.role, PortRole::Plain) {
+            self.commit_last(last);
             return self.process_tunnel(in_port, rx_idx, frame, scratch);
         }
         // Straight from a plain port: the key's tunnel, metadata and
@@ -348,31 +356,38 @@ impl Engine {
         let mut key = FlowKey::ZERO;
         let layout = match extract(frame, in_port.no, &mut key) {
             Ok(l) => l,
-            Err(r) => return self.drop_pkt(r),
+            Err(r) => {
+                self.commit_last(last);
+                return self.drop_pkt(r);
+            }
         };
         let len = frame.len();
         // A run of packets of one flow: same slot as the previous packet.
         if let Some(l) = last {
             if same_header(&key, &l.words) {
-                let (slot, fast) = (l.slot, l.fast);
-                self.emc.credit_hit(slot, len as u64);
-                self.stage_whole(fast, rx_idx);
+                l.extra += 1;
+                l.extra_bytes += len as u64;
                 return;
             }
         }
+        self.commit_last(last);
         let hash = key_hash_meta(&key, true);
         let hit = self.emc.lookup_synced(&key, true, hash, len as u64);
         if let Some((slot, fast)) = hit {
             if fast != NO_FAST_OUT {
                 let mut words = [0; HEADER_WORDS];
                 words.copy_from_slice(&key.w[..HEADER_WORDS]);
-                *last = Some(LastHit { words, slot, fast });
+                *last = Some(LastHit {
+                    words,
+                    slot,
+                    fast,
+                    extra: 0,
+                    extra_bytes: 0,
+                });
                 self.stage_whole(fast, rx_idx);
                 return;
             }
         }
-        // What follows may change the cache.
-        *last = None;
         let mut pkt = Pkt {
             len,
             rx: frame,
@@ -702,6 +717,28 @@ impl Engine {
         self.run_end = rx_idx.saturating_add(1);
     }
 
+    /// Credits and stages the packets counted in `last` (see [`LastHit`]);
+    /// call before anything else is staged or the cache changes.
+    #[inline(always)]
+    fn commit_last(&mut self, last: &mut Option<LastHit>) {
+        if last.is_some() {
+            self.commit_last_run(last);
+        }
+    }
+
+    #[inline(never)]
+    fn commit_last_run(&mut self, last: &mut Option<LastHit>) {
+        if let Some(l) = last.take() {
+            if l.extra > 0 {
+                self.emc.credit_hits(l.slot, l.extra as u64, l.extra_bytes);
+                // The run's first packet opened or extended the engine's
+                // open run, and nothing was staged since.
+                debug_assert_eq!(self.run_port, l.fast);
+                self.run_end = self.run_end.saturating_add(l.extra);
+            }
+        }
+    }
+
     /// Queues the open run of whole frames (see [`Engine::stage_whole`]);
     /// call before staging anything else, so each port's frames keep their
     /// order.
@@ -1020,6 +1057,7 @@ impl Engine {
             bytes += f.len() as u64;
             self.process_one(state, i as u16, f, scratch, &mut last);
         }
+        self.commit_last(&mut last);
         state
             .counters
             .rx_packets
