@@ -912,7 +912,7 @@ impl Engine {
         self.stage_frame(underlay, |out| tunnel::build_arp_request(out, cfg, remote));
     }
 
-    fn flush_one(&mut self, i: usize, rx: Option<&[&mut [u8]]>) {
+    fn flush_one(&mut self, i: usize, rx: Option<&[&[u8]]>) {
         let q = &mut self.stage[i];
         if q.frames.is_empty() && (q.refs.is_empty() || rx.is_none()) {
             return;
@@ -921,8 +921,27 @@ impl Engine {
         let (sent, bytes, failed);
         if let Some(tx) = &port.tx {
             let mut tx = lock(tx);
-            // Slices of everything to send, handed over a chunk at a time:
-            // one call to the port per chunk, not per frame.
+            // The common case, one run of whole received frames, is sent
+            // straight from the batch.
+            let direct = match (rx, q.frames.is_empty(), q.refs.as_slice()) {
+                (Some(rx), true, &[(idx, WHOLE, len)]) => {
+                    rx.get(idx as usize..idx as usize + len as usize)
+                }
+                _ => None,
+            };
+            if let Some(run) = direct {
+                let (n, b) = tx.send_batch(run);
+                (sent, bytes) = (n as u64, b);
+                failed = (run.len() - n.min(run.len())) as u64;
+                q.refs.clear();
+                q.frames.clear();
+                q.used = 0;
+                tx.flush();
+                drop(tx);
+                return self.count_tx(i, sent, bytes, failed);
+            }
+            // Otherwise slices of everything to send, handed over a chunk
+            // at a time: one call to the port per chunk, not per frame.
             let mut g = TxGather {
                 buf: [&[]; TX_CHUNK],
                 k: 0,
@@ -977,7 +996,13 @@ impl Engine {
         }
         q.frames.clear();
         q.used = 0;
-        let c = &port.counters;
+        self.count_tx(i, sent, bytes, failed);
+    }
+
+    /// Publishes what [`Engine::flush_one`] sent to the port at index `i`.
+    #[inline]
+    fn count_tx(&mut self, i: usize, sent: u64, bytes: u64, failed: u64) {
+        let c = &self.ports.ports[i].counters;
         c.tx_packets.fetch_add(sent, Ordering::Relaxed);
         c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
         if failed > 0 {
@@ -994,6 +1019,7 @@ impl Engine {
         match rx {
             Some(rx) => {
                 let n = rx.frames_mut(&mut frames);
+                let frames = frames.map(|f| -> &[u8] { f });
                 self.flush_frames(Some(&frames[..n]));
             }
             None => self.flush_frames(None),
@@ -1001,7 +1027,7 @@ impl Engine {
     }
 
     /// [`Engine::flush`] with the batch's frames already in hand.
-    fn flush_frames(&mut self, rx: Option<&[&mut [u8]]>) {
+    fn flush_frames(&mut self, rx: Option<&[&[u8]]>) {
         self.close_run();
         for k in 0..self.staged.len() {
             let i = self.staged[k] as usize;
@@ -1063,6 +1089,7 @@ impl Engine {
             .rx_packets
             .fetch_add(n as u64, Ordering::Relaxed);
         state.counters.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let frames = frames.map(|f| -> &[u8] { f });
         self.flush_frames(Some(&frames[..n]));
         n
     }
