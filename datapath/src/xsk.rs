@@ -1006,6 +1006,64 @@ impl PortTx for XskTx {
         true
     }
 
+    fn send_batch(&mut self, frames: &[&[u8]]) -> (usize, u64) {
+        let fits = |f: &&[u8]| !f.is_empty() && f.len() <= FRAME_SIZE as usize;
+        if self.free.len() < frames.len() {
+            self.reap();
+        }
+        let n = frames.len();
+        // One reservation for the whole batch when every frame fits, a TX
+        // frame is free for each and the ring has room; otherwise frame by
+        // frame, as `send` does.
+        let mut idx: u32 = 0;
+        let reserved = n > 0
+            && n <= self.free.len()
+            && u32::try_from(n).is_ok()
+            && frames.iter().all(fits)
+            // SAFETY: the TX ring is only used by this half; `idx` is a
+            // valid out-param. The kernel reserves all `n` slots or none.
+            && unsafe { bpf::_xsk_ring_prod__reserve(self.tx_ring(), n as u64, &mut idx) }
+                == n as u64;
+        if !reserved {
+            let (mut sent, mut bytes) = (0, 0);
+            for f in frames {
+                if self.send(f) {
+                    sent += 1;
+                    bytes += f.len() as u64;
+                }
+            }
+            return (sent, bytes);
+        }
+        let tx = self.tx_ring();
+        let area = self.shared.area.ptr;
+        let mut bytes = 0u64;
+        // Exactly `n` free TX frames (n <= free.len(), checked above), one
+        // per frame and reserved slot.
+        let base = self.free.len() - n;
+        for (k, (f, addr)) in frames.iter().zip(self.free.drain(base..)).enumerate() {
+            // SAFETY: `addr` is a free TX frame (owned by userspace, not in
+            // any ring) whose FRAME_SIZE bytes lie inside the UMEM mapping,
+            // and f.len() <= FRAME_SIZE (checked above). Source and
+            // destination cannot overlap: `f` is a borrowed slice not
+            // pointing into a free frame.
+            unsafe {
+                ptr::copy_nonoverlapping(f.as_ptr(), area.add(addr as usize), f.len());
+            }
+            // SAFETY: slot idx+k is one of the `n` slots just reserved; the
+            // descriptor pointer is valid.
+            unsafe {
+                let d = bpf::_xsk_ring_prod__tx_desc(tx, idx.wrapping_add(k as u32));
+                (*d).addr = addr;
+                (*d).len = f.len() as u32;
+                (*d).options = 0;
+            }
+            bytes += f.len() as u64;
+        }
+        self.queued += n as u32;
+        self.queued_bytes += bytes;
+        (n, bytes)
+    }
+
     fn flush(&mut self) {
         let c = Arc::clone(&self.shared.counters);
         if self.queued > 0 {
