@@ -216,6 +216,8 @@ pub struct Engine {
     upcalls: u64,
     controller: u64,
     drops: [u64; DropReason::COUNT],
+    /// Some of `drops` is not zero.
+    dropped: bool,
 }
 
 /// A packet being processed: in its receive buffer, or moved to scratch
@@ -287,6 +289,7 @@ impl Engine {
             upcalls: 0,
             controller: 0,
             drops: [0; DropReason::COUNT],
+            dropped: false,
         }
     }
 
@@ -317,6 +320,7 @@ impl Engine {
     #[inline]
     fn drop_pkt(&mut self, r: DropReason) {
         self.drops[r as usize] += 1;
+        self.dropped = true;
     }
 
     /// Processes one received frame from port `in_port`. `scratch` must be
@@ -1008,6 +1012,7 @@ impl Engine {
         if failed > 0 {
             c.tx_dropped.fetch_add(failed, Ordering::Relaxed);
             self.drops[DropReason::TxFull as usize] += failed;
+            self.dropped = true;
         }
     }
 
@@ -1049,8 +1054,10 @@ impl Engine {
         add(&t.emc_hits, &mut h);
         let mut m = std::mem::take(&mut self.emc.misses);
         add(&t.emc_misses, &mut m);
-        for (i, d) in self.drops.iter_mut().enumerate() {
-            add(&t.drops[i], d);
+        if std::mem::take(&mut self.dropped) {
+            for (a, d) in t.drops.iter().zip(self.drops.iter_mut()) {
+                add(a, d);
+            }
         }
     }
 
