@@ -20,16 +20,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-need=(libelf-dev zlib1g-dev pkg-config iproute2 iputils-ping ethtool)
-missing=()
-for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+./scripts/deps.sh
 
 echo "== building ferrovs (release)"
-cargo build --release --locked -p tools --bins 2>&1 | tail -1
+cargo build --release --locked -p tools --bins
 BIN=$PWD/target/release
 WORK=$(mktemp -d /tmp/ferrovs-demo.XXXX)
 PIDS=()

@@ -3,7 +3,9 @@
 # build real network namespaces, veth pairs and AF_XDP sockets (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" -ne 0 ]; then
+if [ "$(id -u)" -eq 0 ]; then
+  ./scripts/deps.sh
+else
   echo "note: not root: the network integration tests will be skipped" >&2
 fi
 # Integration tests share the machine's two cores with the switch under
