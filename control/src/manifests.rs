@@ -197,7 +197,7 @@ impl Loader {
                         line: Some(e.line()),
                         ..ctx
                     };
-                    let msg = strip_location(&e.to_string());
+                    let msg = strip_location(&e.to_string(), 0);
                     self.error(name.into(), ctx, None, Problem::Json(msg));
                 }
             }
@@ -215,7 +215,7 @@ impl Loader {
                     if let Some(loc) = e.location() {
                         ctx.line = Some(doc.first_line + loc.line() - 1);
                     }
-                    let msg = strip_location(&e.to_string());
+                    let msg = strip_location(&e.to_string(), doc.first_line - 1);
                     self.error(name.into(), ctx, None, Problem::Yaml(msg));
                 }
             }
@@ -414,12 +414,38 @@ fn split_yaml(text: &str) -> Vec<Doc> {
     docs
 }
 
-/// Drops the parser's ` at line L column C` (we report file lines ourselves).
-fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
+/// Makes a parser message's locations file-relative: drops a trailing
+/// ` at line L column C` (we report the line ourselves) and adds `offset` to
+/// any other `line N` in it.
+fn strip_location(msg: &str, offset: usize) -> String {
+    let mut msg = msg;
+    if let Some(i) = msg.rfind(" at line ") {
+        let tail = &msg[i + " at line ".len()..];
+        let is_location = tail
+            .split_once(" column ")
+            .is_some_and(|(l, c)| is_number(l) && is_number(c));
+        if is_location {
+            msg = &msg[..i];
+        }
     }
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("line ") {
+        let (head, tail) = rest.split_at(i + "line ".len());
+        out.push_str(head);
+        let digits = tail.len() - tail.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match tail[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&tail[..digits]),
+        }
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 enum Parsed {
@@ -739,6 +765,19 @@ items:
         );
         let labels = l.snapshot.namespace("a").unwrap().metadata.labels.clone();
         assert_eq!(labels.unwrap()["v"], "2");
+    }
+
+    #[test]
+    fn parser_locations_become_file_lines() {
+        assert_eq!(
+            strip_location(
+                "bad at line 6 column 1, while parsing at line 5 column 10",
+                4
+            ),
+            "bad at line 10 column 1, while parsing"
+        );
+        assert_eq!(strip_location("EOF at line 2 column 0", 0), "EOF");
+        assert_eq!(strip_location("no location", 3), "no location");
     }
 
     #[test]
