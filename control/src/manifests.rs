@@ -1,8 +1,9 @@
 //! Loading a [`ClusterSnapshot`] from a directory of Kubernetes manifests:
 //! `*.yaml` / `*.yml` (several `---` documents per file allowed) and `*.json`
-//! files, in subdirectories too, read in path order. A document may be one
-//! object, a `kind: List` (what `kubectl get -o yaml` prints) or a typed list
-//! (`PodList`, ... whose items may omit `apiVersion`/`kind`).
+//! files, in subdirectories too (names starting with `.` are skipped), read
+//! in path order. A document may be one object, a `kind: List` (what
+//! `kubectl get -o yaml` prints) or a typed list (`PodList`, ... whose items
+//! may omit `apiVersion`/`kind`).
 //!
 //! Objects of kinds the agent does not use are skipped and counted. A bad
 //! object (missing `apiVersion`/`kind`/`metadata.name`, a field of the wrong
@@ -165,8 +166,15 @@ impl Loader {
             return;
         }
         let mut files = Vec::new();
-        if let Err(e) = collect_files(path, Path::new(""), &mut files) {
-            self.error(path.into(), Ctx::default(), None, e.into());
+        let mut errors = Vec::new();
+        collect_files(path, Path::new(""), &mut files, &mut errors);
+        for (rel, e) in errors {
+            let name = if rel.as_os_str().is_empty() {
+                path.into()
+            } else {
+                rel
+            };
+            self.error(name, Ctx::default(), None, e.into());
         }
         files.sort();
         for rel in files {
@@ -333,25 +341,49 @@ impl Loader {
     }
 }
 
-/// Relative paths of the manifest files under `dir.join(rel)`.
-fn collect_files(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir.join(rel))? {
-        let entry = entry?;
-        let rel = rel.join(entry.file_name());
-        // Follows symlinks to files and directories.
-        let meta = std::fs::metadata(entry.path())?;
-        if meta.is_dir() {
-            if !entry.file_type()?.is_symlink() {
-                collect_files(dir, &rel, out)?;
+/// Relative paths of the manifest files under `dir.join(rel)`, and the
+/// entries that could not be read. Entries whose name starts with `.` are
+/// skipped (hidden files, and the `..data` links of a mounted ConfigMap,
+/// which would otherwise load every file twice); symlinks to files are
+/// followed, symlinks to directories are not.
+fn collect_files(
+    dir: &Path,
+    rel: &Path,
+    files: &mut Vec<PathBuf>,
+    errors: &mut Vec<(PathBuf, std::io::Error)>,
+) {
+    let entries = match std::fs::read_dir(dir.join(rel)) {
+        Ok(entries) => entries,
+        Err(e) => return errors.push((rel.into(), e)),
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                errors.push((rel.into(), e));
+                continue;
             }
-        } else if rel
+        };
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let rel = rel.join(&name);
+        let is_manifest = rel
             .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-        {
-            out.push(rel);
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json");
+        match (entry.file_type(), std::fs::metadata(entry.path())) {
+            (Ok(t), Ok(m)) if m.is_dir() => {
+                if !t.is_symlink() {
+                    collect_files(dir, &rel, files, errors);
+                }
+            }
+            (_, Ok(_)) if is_manifest => files.push(rel),
+            (_, Ok(_)) => {}
+            (Err(e), _) | (_, Err(e)) if is_manifest => errors.push((rel, e)),
+            (Err(_), _) | (_, Err(_)) => {}
         }
     }
-    Ok(())
 }
 
 /// One YAML document of a multi-document file.

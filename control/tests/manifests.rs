@@ -197,3 +197,32 @@ fn single_file_is_loaded() {
     assert!(errors.is_empty());
     assert_eq!(s.len(), 2);
 }
+
+/// A mounted ConfigMap: `a.yaml -> ..data/a.yaml`, `..data -> ..2026_11_23`.
+/// Each object loads once; a dangling link is reported and the rest loads.
+#[test]
+fn configmap_mount_layout_and_dangling_link() {
+    use std::os::unix::fs::symlink;
+    let dir = std::env::temp_dir().join(format!("ferrovs-manifests-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("..2026_11_23")).unwrap();
+    std::fs::write(
+        dir.join("..2026_11_23/a.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+    )
+    .unwrap();
+    symlink("..2026_11_23", dir.join("..data")).unwrap();
+    symlink("..data/a.yaml", dir.join("a.yaml")).unwrap();
+    symlink("missing.yaml", dir.join("b.yaml")).unwrap();
+    symlink("missing.txt", dir.join("c.txt")).unwrap();
+    let (s, errors) = load_dir(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(s.len(), 1);
+    assert!(s.namespace("a").is_some());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].to_string().starts_with("b.yaml: cannot read: "),
+        "{}",
+        errors[0]
+    );
+}
