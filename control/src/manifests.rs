@@ -217,7 +217,7 @@ impl Loader {
                 item: None,
                 line: Some(doc.line),
             };
-            match serde_yaml_ng::from_str::<Value>(&doc.text) {
+            match parse_yaml(&doc.text) {
                 Ok(v) => self.add_value(name, ctx, v),
                 Err(e) => {
                     if let Some(loc) = e.location() {
@@ -444,6 +444,13 @@ fn split_yaml(text: &str) -> Vec<Doc> {
     }
     push(&mut docs, &mut cur, first_line, content);
     docs
+}
+
+/// One YAML document as JSON, with `<<` merge keys applied.
+fn parse_yaml(text: &str) -> Result<Value, serde_yaml_ng::Error> {
+    let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
+    yaml.apply_merge()?;
+    serde_json::to_value(yaml).map_err(serde::de::Error::custom)
 }
 
 /// Makes a parser message's locations file-relative: drops a trailing
@@ -797,6 +804,28 @@ items:
         );
         let labels = l.snapshot.namespace("a").unwrap().metadata.labels.clone();
         assert_eq!(labels.unwrap()["v"], "2");
+    }
+
+    #[test]
+    fn yaml_anchors_and_merge_keys() {
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  labels: &l {app: web}
+  annotations:
+    <<: *l
+    extra: \"1\"
+spec:
+  containers: []
+";
+        let l = load_str("m.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", messages(&l));
+        let meta = &l.snapshot.pod("default", "p").unwrap().metadata;
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations["app"], "web");
+        assert_eq!(annotations.len(), 2);
     }
 
     #[test]
