@@ -13,7 +13,6 @@
 //! (and a waker for management commands), so an idle node burns no core.
 
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,12 +133,6 @@ impl StageQ {
             .map(|&(_, off, len)| if off == WHOLE { len as usize } else { 1 })
             .sum()
     }
-    #[inline]
-    fn clear(&mut self) {
-        self.frames.clear();
-        self.refs.clear();
-        self.used = 0;
-    }
 }
 
 /// The previous packet of a batch, when it hit a cache entry with a single
@@ -234,7 +227,20 @@ struct Pkt<'a> {
     len: usize,
 }
 
-impl Pkt<'_> {
+impl<'a> Pkt<'a> {
+    /// A packet still in its receive buffer (frame `rx_idx` of the batch).
+    #[inline(always)]
+    fn new(frame: &'a mut [u8], rx_idx: u16, scratch: &'a mut [u8]) -> Self {
+        Pkt {
+            len: frame.len(),
+            rx: frame,
+            rx_idx,
+            rx_off: 0,
+            scratch,
+            in_scratch: false,
+            start: 0,
+        }
+    }
     #[inline]
     fn bytes(&self) -> &[u8] {
         if self.in_scratch {
@@ -392,15 +398,7 @@ impl Engine {
                 return;
             }
         }
-        let mut pkt = Pkt {
-            len,
-            rx: frame,
-            rx_idx,
-            rx_off: 0,
-            scratch,
-            in_scratch: false,
-            start: 0,
-        };
+        let mut pkt = Pkt::new(frame, rx_idx, scratch);
         self.run(&mut key, layout, &mut pkt, true, Some((hash, hit)));
     }
 
@@ -414,15 +412,7 @@ impl Engine {
         scratch: &mut [u8],
     ) {
         let mut key = FlowKey::ZERO;
-        let mut pkt = Pkt {
-            len: frame.len(),
-            rx: frame,
-            rx_idx,
-            rx_off: 0,
-            scratch,
-            in_scratch: false,
-            start: 0,
-        };
+        let mut pkt = Pkt::new(frame, rx_idx, scratch);
         let mut port_no = in_port.no;
         if let PortRole::Underlay {
             local_ip,
@@ -1100,18 +1090,6 @@ impl Engine {
         self.flush_frames(Some(&frames[..n]));
         n
     }
-
-    /// The staged frames for port `no` (benchmarks and tests that drive
-    /// an engine by hand); clears them.
-    pub fn take_staged(&mut self, no: PortNo) -> usize {
-        self.close_run();
-        let Some(i) = self.ports.index(no) else {
-            return 0;
-        };
-        let n = self.stage[i].frames.len() + self.stage[i].n_refs();
-        self.stage[i].clear();
-        n
-    }
 }
 
 /// Compiles datapath actions for the current port table: plain outputs
@@ -1312,6 +1290,3 @@ impl Worker {
 pub fn pin_to_core(core: usize) {
     crate::xsk::pin_current_thread(core);
 }
-
-#[allow(dead_code)]
-fn _assert_fd(_: RawFd) {}

@@ -7,7 +7,6 @@
 //! `{"ok": true, "output": "..."}` or `{"ok": false, "error": "..."}`.
 //! All parsing happens here, so every client gets the same error text.
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
 use datapath::port::Port;
@@ -475,6 +474,3 @@ pub fn interface_mac(ifname: &str) -> Result<[u8; 6], String> {
     }
     Ok(mac)
 }
-
-#[allow(dead_code)]
-fn _unused(_: Ipv4Addr) {}
