@@ -42,6 +42,66 @@ pub struct Response {
     pub error: String,
 }
 
+/// Mask of the object part of a cookie (kind byte + 24-bit id).
+const OBJECT_MASK: u64 = 0xffff_ffff_0000_0000;
+
+/// Parses `bundle` text: one edit per line, `#` comments.
+///
+/// `add FLOW`, `delete MATCH`, `delete_strict MATCH` (table= and priority=
+/// included), `add-group GROUP`/`mod-group GROUP`, `delete-group
+/// [group_id=N]`, `name COOKIE TEXT`. Errors name the line.
+pub fn parse_bundle(
+    parser: &syntax::Parser<'_>,
+    text: &str,
+) -> Result<(Vec<FlowMod>, Vec<(u64, String)>), String> {
+    let mut mods = Vec::new();
+    let mut names = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.trim();
+        let err = |e: String| format!("bundle: line {}: {e}", i + 1);
+        match verb {
+            "add" => mods.push(FlowMod::Add(parser.flow(rest).map_err(|e| err(e.to_string()))?)),
+            "delete" | "delete_strict" => mods.push(FlowMod::Delete(
+                parser
+                    .filter(rest, verb == "delete_strict")
+                    .map_err(|e| err(e.to_string()))?,
+            )),
+            "add-group" | "mod-group" => {
+                mods.push(FlowMod::AddGroup(parser.group(rest).map_err(|e| err(e.to_string()))?))
+            }
+            "delete-group" => {
+                let id = match rest {
+                    "" => None,
+                    s => Some(
+                        s.strip_prefix("group_id=")
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .ok_or_else(|| err(format!("'{s}' is not group_id=N")))?,
+                    ),
+                };
+                mods.push(FlowMod::DeleteGroup(id));
+            }
+            "name" => {
+                let (c, n) = rest.split_once(' ').unwrap_or((rest, ""));
+                let c = c.trim_start_matches("0x");
+                let c = u64::from_str_radix(c, 16)
+                    .map_err(|_| err(format!("'{c}' is not a hex cookie")))?;
+                names.push((c, n.trim().to_string()));
+            }
+            other => {
+                return Err(err(format!(
+                    "unknown verb '{other}' (add, delete, delete_strict, add-group, mod-group, delete-group, name)"
+                )))
+            }
+        }
+    }
+    Ok((mods, names))
+}
+
 /// Opens the datapath side of a configured port.
 pub type PortOpener = dyn Fn(&PortConfig) -> Result<Box<dyn Port>, String> + Send;
 
@@ -54,6 +114,9 @@ pub struct Daemon {
     pub switch: Switch,
     /// Bridge name.
     pub bridge: String,
+    /// Names of cookies (set by `bundle` `name` lines): a full cookie, or
+    /// its object part (low 32 bits zero), to the object it came from.
+    pub names: std::collections::BTreeMap<u64, String>,
     open_port: Box<PortOpener>,
     open_underlay: Box<UnderlayOpener>,
 }
@@ -77,7 +140,9 @@ add-flows FILE                one flow a line, '#' comments
 del-flows [--strict] [MATCH]  (cookie=V/M, table=N, out_port=N)
 mod-flows [--strict] FLOW     replace actions of matching flows
 replace-flows FILE            make the table equal to FILE (only the difference is applied)
-dump-flows [--no-stats] [MATCH]
+bundle FILE                   apply add/delete/delete_strict/add-group/delete-group/name lines atomically
+dump-flows [--no-stats] [object=NAME] [MATCH]
+dump-names                    cookie -> object names (set by ferrovs-agent)
 dump-ports [PORT]
 dump-tables
 add-group GROUP | del-groups [group_id=N] | dump-groups
@@ -97,6 +162,7 @@ impl Daemon {
         Daemon {
             switch,
             bridge: bridge.to_string(),
+            names: std::collections::BTreeMap::new(),
             open_port,
             open_underlay,
         }
@@ -206,11 +272,38 @@ impl Daemon {
                     sum.added, sum.deleted
                 ))
             }
+            "bundle" => {
+                let (mods, names) = parse_bundle(&parser, &input()?)?;
+                let sum = self
+                    .switch
+                    .apply(&mods)
+                    .map_err(|e| format!("bundle: {e} (nothing was applied)"))?;
+                self.names.extend(names);
+                Ok(format!(
+                    "bundle: {} flows added, {} deleted\n",
+                    sum.added, sum.deleted
+                ))
+            }
+            "dump-names" => {
+                let mut out = String::new();
+                for (c, n) in &self.names {
+                    out.push_str(&format!("{c:#018x} {n}\n"));
+                }
+                Ok(out)
+            }
             "dump-flows" => {
+                let (objects, rest): (Vec<&str>, Vec<&str>) = words
+                    .iter()
+                    .map(|w| w.as_str())
+                    .partition(|w| w.starts_with("object="));
                 let f = parser
-                    .filter(&arg, false)
+                    .filter(&rest.join(" "), false)
                     .map_err(|e| format!("dump-flows: {e}"))?;
-                Ok(self.dump_flows(&f, !has("--no-stats")))
+                let cookies = match objects.first() {
+                    None => None,
+                    Some(o) => Some(self.object_cookies(&o["object=".len()..])?),
+                };
+                Ok(self.dump_flows(&f, !has("--no-stats"), cookies.as_deref()))
             }
             "dump-ports" => self.dump_ports(words.first().map(|s| s.as_str())),
             "dump-tables" => Ok(self.dump_tables()),
@@ -242,7 +335,9 @@ impl Daemon {
             "trace" => {
                 let key = parser.packet(&arg).map_err(|e| format!("trace: {e}"))?;
                 let (x, t) = self.switch.trace(&key);
-                Ok(flows::trace::format_trace(&self.bridge, &key, &x, &t))
+                let mut out = flows::trace::format_trace(&self.bridge, &key, &x, &t);
+                out.push_str(&self.trace_objects(&t, &x));
+                Ok(out)
             }
             "dump-conntrack" => {
                 let ct = datapath::shared::lock(&self.switch.shared().ct);
@@ -386,11 +481,80 @@ impl Daemon {
         out
     }
 
-    fn dump_flows(&self, f: &FlowFilter, stats: bool) -> String {
+    /// The name of a cookie: its own, or its object part's.
+    pub fn cookie_name(&self, cookie: u64) -> Option<&str> {
+        self.names
+            .get(&cookie)
+            .or_else(|| self.names.get(&(cookie & OBJECT_MASK)))
+            .map(String::as_str)
+    }
+
+    /// Object parts of cookies whose name is `want`, written as
+    /// `Kind/ns/name`, `ns/name` or the name as `dump-names` shows it.
+    fn object_cookies(&self, want: &str) -> Result<Vec<u64>, String> {
+        let norm = |s: &str| s.replace(' ', "/").to_ascii_lowercase();
+        let want = norm(want);
+        let found: Vec<u64> = self
+            .names
+            .iter()
+            .filter(|(c, n)| {
+                **c & !OBJECT_MASK == 0 && {
+                    let n = norm(n);
+                    n == want || n.split_once('/').is_some_and(|(_, rest)| rest == want)
+                }
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        if found.is_empty() {
+            return Err(format!(
+                "dump-flows: no object named '{want}' (see ferrovs-ctl dump-names)"
+            ));
+        }
+        Ok(found)
+    }
+
+    /// The "what decided" section of a trace: the object of every flow the
+    /// packet hit, and the verdict.
+    fn trace_objects(&self, t: &flows::xlate::Trace, x: &flows::xlate::Xlation) -> String {
+        use flows::xlate::TraceEvent;
+        if self.names.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from("\nObjects:\n");
+        let mut last = None;
+        for ev in &t.events {
+            if let TraceEvent::Table {
+                table,
+                flow: Some(e),
+                ..
+            } = ev
+            {
+                if let Some(n) = self.cookie_name(e.spec.cookie) {
+                    out.push_str(&format!("  table {table}: {n}\n"));
+                    last = Some(n);
+                }
+            }
+        }
+        let delivered = x
+            .actions
+            .iter()
+            .any(|a| matches!(a, flows::xlate::DpAction::Output(_)));
+        match (delivered, last) {
+            (true, _) => out.push_str("Verdict: forwarded\n"),
+            (false, Some(n)) => out.push_str(&format!("Verdict: dropped, decided by {n}\n")),
+            (false, None) => out.push_str("Verdict: dropped\n"),
+        }
+        out
+    }
+
+    fn dump_flows(&self, f: &FlowFilter, stats: bool, cookies: Option<&[u64]>) -> String {
         let p = self.switch.pipeline();
         let now = self.switch.shared().now_ms();
         let mut out = String::new();
         for e in p.flows(f) {
+            if cookies.is_some_and(|c| !c.contains(&(e.spec.cookie & OBJECT_MASK))) {
+                continue;
+            }
             out.push_str(&syntax::format_flow(e, now, stats));
             out.push('\n');
         }

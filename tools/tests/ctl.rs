@@ -179,3 +179,69 @@ fn golden_dump_flows_and_trace() {
         ]),
     );
 }
+
+/// `bundle` (what ferrovs-agent sends): all lines apply or none; `name`
+/// lines make `trace` say which object decided and `dump-flows object=`
+/// select an object's flows.
+#[test]
+fn bundle_is_atomic_and_names_objects() {
+    let sw = Ferrovsd::start("fvsbundle", &memory_ports(2), None).unwrap();
+    let bad = sw.write_file(
+        "bad.bundle",
+        "add-group group_id=7,type=select,bucket=output:2\n\
+         add cookie=0x0500000100000000,priority=10,ip,nw_dst=10.0.0.2 actions=group:7\n\
+         add priority=5,tcp,tp_dst=99999 actions=drop\n",
+    );
+    assert_fails(&sw, &["bundle", &bad], &["line 3", "tp_dst", "99999"]);
+    assert_eq!(sw.ctl_ok(&["dump-flows", "--no-stats"]), "");
+    assert!(!sw.ctl_ok(&["dump-groups"]).contains("group_id=7"));
+    // A group that does not exist: rejected by the switch, nothing applied.
+    let missing = sw.write_file(
+        "missing.bundle",
+        "add priority=10,ip actions=output:2\nadd priority=11,ip actions=group:9\n",
+    );
+    assert_fails(
+        &sw,
+        &["bundle", &missing],
+        &["group 9", "nothing was applied"],
+    );
+    assert_eq!(sw.ctl_ok(&["dump-flows", "--no-stats"]), "");
+
+    let good = sw.write_file(
+        "good.bundle",
+        "name 0x0500000100000000 NetworkPolicy default/deny-all\n\
+         name 0x0300000200000000 Pod default/web\n\
+         add cookie=0x0300000200000000,priority=10,ip,in_port=1 actions=goto_table:1\n\
+         add cookie=0x0500000100000000,table=1,priority=100,ip,nw_dst=10.0.0.2 actions=drop\n\
+         add cookie=0x0300000200000000,table=1,priority=50,ip actions=output:2\n",
+    );
+    let out = sw.ctl_ok(&["bundle", &good]);
+    assert!(out.contains("3 flows added"), "{out}");
+    let t = sw.ctl_ok(&["trace", "in_port=1,ip,nw_src=10.0.0.1,nw_dst=10.0.0.2"]);
+    assert!(t.contains("table 1: NetworkPolicy default/deny-all"), "{t}");
+    assert!(
+        t.contains("Verdict: dropped, decided by NetworkPolicy default/deny-all"),
+        "{t}"
+    );
+    let t = sw.ctl_ok(&["trace", "in_port=1,ip,nw_src=10.0.0.1,nw_dst=10.0.0.3"]);
+    assert!(t.contains("Verdict: forwarded"), "{t}");
+    let d = sw.ctl_ok(&["dump-flows", "--no-stats", "object=default/web"]);
+    assert_eq!(d.lines().count(), 2, "{d}");
+    let d = sw.ctl_ok(&[
+        "dump-flows",
+        "--no-stats",
+        "object=NetworkPolicy/default/deny-all",
+    ]);
+    assert_eq!(d.lines().count(), 1, "{d}");
+    assert_fails(
+        &sw,
+        &["dump-flows", "object=default/nope"],
+        &["default/nope", "dump-names"],
+    );
+    let del = sw.write_file(
+        "del.bundle",
+        "delete_strict table=1,priority=100,ip,nw_dst=10.0.0.2\n",
+    );
+    sw.ctl_ok(&["bundle", &del]);
+    assert_eq!(sw.ctl_ok(&["dump-flows", "--no-stats"]).lines().count(), 2);
+}

@@ -32,7 +32,7 @@ struct Args {
     command: Vec<String>,
 }
 
-const FILE_COMMANDS: [&str; 2] = ["add-flows", "replace-flows"];
+const FILE_COMMANDS: [&str; 3] = ["add-flows", "replace-flows", "bundle"];
 
 fn main() {
     let args = Args::parse();
