@@ -45,6 +45,9 @@ pub struct Response {
 /// Mask of the object part of a cookie (kind byte + 24-bit id).
 const OBJECT_MASK: u64 = 0xffff_ffff_0000_0000;
 
+/// `(cookie, name)` pairs from `bundle` `name` lines.
+pub type CookieNames = Vec<(u64, String)>;
+
 /// Parses `bundle` text: one edit per line, `#` comments.
 ///
 /// `add FLOW`, `delete MATCH`, `delete_strict MATCH` (table= and priority=
@@ -53,7 +56,7 @@ const OBJECT_MASK: u64 = 0xffff_ffff_0000_0000;
 pub fn parse_bundle(
     parser: &syntax::Parser<'_>,
     text: &str,
-) -> Result<(Vec<FlowMod>, Vec<(u64, String)>), String> {
+) -> Result<(Vec<FlowMod>, CookieNames), String> {
     let mut mods = Vec::new();
     let mut names = Vec::new();
     for (i, line) in text.lines().enumerate() {
