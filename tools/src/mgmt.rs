@@ -143,7 +143,9 @@ add-flows FILE                one flow a line, '#' comments
 del-flows [--strict] [MATCH]  (cookie=V/M, table=N, out_port=N)
 mod-flows [--strict] FLOW     replace actions of matching flows
 replace-flows FILE            make the table equal to FILE (only the difference is applied)
-bundle FILE                   apply add/delete/delete_strict/add-group/delete-group/name lines atomically
+bundle [--replace] FILE       apply add/delete/delete_strict/add-group/delete-group/name lines atomically
+                              (--replace: the file is the whole table; only the difference is applied)
+list-ports                    'NUMBER NAME' per port
 dump-flows [--no-stats] [object=NAME] [MATCH]
 dump-names                    cookie -> object names (set by ferrovs-agent)
 dump-ports [PORT]
@@ -277,15 +279,42 @@ impl Daemon {
             }
             "bundle" => {
                 let (mods, names) = parse_bundle(&parser, &input()?)?;
-                let sum = self
-                    .switch
-                    .apply(&mods)
-                    .map_err(|e| format!("bundle: {e} (nothing was applied)"))?;
+                let sum = if has("--replace") {
+                    // The bundle is the whole table: build it, then apply
+                    // only the difference (unchanged flows keep counters).
+                    if mods
+                        .iter()
+                        .any(|m| matches!(m, FlowMod::Delete(_) | FlowMod::DeleteGroup(_)))
+                    {
+                        return Err(
+                            "bundle --replace: only add and add-group lines are allowed".into()
+                        );
+                    }
+                    let mut target = Pipeline::new();
+                    target
+                        .apply(&mods, 0)
+                        .map_err(|e| format!("bundle: {e} (nothing was applied)"))?;
+                    self.names.clear();
+                    self.switch.replace(target)
+                } else {
+                    self.switch
+                        .apply(&mods)
+                        .map_err(|e| format!("bundle: {e} (nothing was applied)"))?
+                };
                 self.names.extend(names);
                 Ok(format!(
                     "bundle: {} flows added, {} deleted\n",
                     sum.added, sum.deleted
                 ))
+            }
+            "list-ports" => {
+                let mut out = String::new();
+                for p in self.switch.ports().ports.iter() {
+                    if p.no < datapath::shared::UNDERLAY_BASE {
+                        out.push_str(&format!("{} {}\n", p.no, p.name));
+                    }
+                }
+                Ok(out)
             }
             "dump-names" => {
                 let mut out = String::new();

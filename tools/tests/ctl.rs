@@ -244,4 +244,16 @@ fn bundle_is_atomic_and_names_objects() {
     );
     sw.ctl_ok(&["bundle", &del]);
     assert_eq!(sw.ctl_ok(&["dump-flows", "--no-stats"]).lines().count(), 2);
+    // --replace: the file becomes the whole table (an agent's resync).
+    let full = sw.write_file(
+        "full.bundle",
+        "name 0x0300000200000000 Pod default/web\n\
+         add cookie=0x0300000200000000,priority=10,ip,in_port=1 actions=goto_table:1\n\
+         add cookie=0x0300000200000000,table=1,priority=60,ip actions=output:2\n",
+    );
+    let out = sw.ctl_ok(&["bundle", "--replace", &full]);
+    assert!(out.contains("1 flows added, 1 deleted"), "{out}");
+    assert_eq!(sw.ctl_ok(&["dump-names"]).lines().count(), 1);
+    assert_fails(&sw, &["bundle", "--replace", &del], &["only add"]);
+    assert_eq!(sw.ctl_ok(&["list-ports"]), "1 mem1\n2 mem2\n");
 }
