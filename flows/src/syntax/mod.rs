@@ -303,7 +303,6 @@ const UNSUPPORTED_FIELDS: &[&str] = &[
     "pkt_mark",
     "skb_priority",
     "dp_hash",
-    "conj_id",
     "actset_output",
     "packet_type",
     "tun_flags",
@@ -899,6 +898,7 @@ pub fn format_match(m: &Match, priority: u16) -> String {
         parts.push(format!("priority={priority}"));
     }
     push_field(&mut parts, "recirc_id", Field::RecircId, m);
+    push_field(&mut parts, "conj_id", Field::ConjId, m);
     push_field(&mut parts, "ct_state", Field::CtState, m);
     push_field(&mut parts, "ct_zone", Field::CtZone, m);
 
@@ -1049,6 +1049,7 @@ pub fn format_packet(k: &FlowKey) -> String {
     };
     let nz = |f: Field| if k.get(f) != 0 { u64::MAX } else { 0 };
     pin(Field::RecircId, nz(Field::RecircId));
+    pin(Field::ConjId, nz(Field::ConjId));
     pin(
         Field::CtState,
         if k.get(Field::CtState) & !0xff != 0 {
