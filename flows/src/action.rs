@@ -226,4 +226,9 @@ pub struct Group {
     pub kind: GroupType,
     /// Buckets in order.
     pub buckets: Vec<Bucket>,
+    /// `selection_method=hash,fields(F,...)` of a select group: the bucket
+    /// is chosen from a hash of only these fields (so, e.g., one client IP
+    /// always gets the same bucket while the buckets do not change).
+    /// `None`: the default 5-tuple hash.
+    pub selection: Option<Vec<Field>>,
 }

@@ -423,7 +423,11 @@ impl Ctx<'_, '_> {
                 if total == 0 {
                     Vec::new()
                 } else {
-                    let mut pick = hash_5tuple(&self.flow) % total;
+                    let h = match &g.selection {
+                        Some(fields) => hash_fields(&self.flow, fields),
+                        None => hash_5tuple(&self.flow),
+                    };
+                    let mut pick = h % total;
                     let mut idx = 0;
                     for (i, b) in g.buckets.iter().enumerate() {
                         if pick < b.weight as u64 {
@@ -628,14 +632,23 @@ fn read_subfield(k: &FlowKey, sf: &SubField) -> u64 {
 
 /// Symmetric-free 5-tuple hash for `select` groups (FNV-1a over the fields).
 pub fn hash_5tuple(k: &FlowKey) -> u64 {
+    hash_fields(
+        k,
+        &[
+            Field::NwSrc,
+            Field::NwDst,
+            Field::NwProto,
+            Field::TpSrc,
+            Field::TpDst,
+        ],
+    )
+}
+
+/// FNV-1a hash of the values of `fields` in `k`, in order: the bucket
+/// choice of a `selection_method=hash,fields(...)` group.
+pub fn hash_fields(k: &FlowKey, fields: &[Field]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for f in [
-        Field::NwSrc,
-        Field::NwDst,
-        Field::NwProto,
-        Field::TpSrc,
-        Field::TpDst,
-    ] {
+    for &f in fields {
         for b in k.get(f).to_le_bytes() {
             h ^= b as u64;
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -820,6 +833,7 @@ mod tests {
                     actions: vec![Action::Output(3)],
                 },
             ],
+            selection: None,
         };
         p.apply(
             &[
@@ -841,6 +855,58 @@ mod tests {
             }
         }
         assert!(seen[2] > 50 && seen[3] > 50, "{seen:?}");
+    }
+
+    #[test]
+    fn select_group_hash_fields_sticks_to_client_ip() {
+        let mut p = Pipeline::new();
+        ports(
+            &mut p,
+            &[
+                (1, VlanMode::Trunk),
+                (2, VlanMode::Trunk),
+                (3, VlanMode::Trunk),
+                (4, VlanMode::Trunk),
+            ],
+        );
+        let g = crate::syntax::parse_group(
+            "group_id=1,type=select,selection_method=hash,fields(ip_src),\
+             bucket=output:2,bucket=output:3,bucket=output:4",
+        )
+        .unwrap();
+        assert_eq!(g.selection, Some(vec![Field::NwSrc]));
+        p.apply(
+            &[
+                FlowMod::AddGroup(g),
+                flow(0, 1, Match::ANY, vec![Action::Group(1)]),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut seen = [0; 5];
+        for client in 1..=60u64 {
+            let mut first = None;
+            for sport in 0..20u64 {
+                let mut k = key(1, 1, 2);
+                k.set(Field::NwProto, 6);
+                k.set(Field::NwSrc, 0x0a00_0000 | client);
+                k.set(Field::NwDst, 0x0a60_0001 + sport % 3);
+                k.set(Field::TpSrc, 30000 + sport * 7);
+                k.set(Field::TpDst, 80);
+                let x = run(&p, &mut MacTable::default(), &k);
+                let [DpAction::Output(o)] = x.actions.as_slice() else {
+                    panic!("{:?}", x.actions)
+                };
+                match first {
+                    None => {
+                        first = Some(*o);
+                        seen[*o as usize] += 1;
+                    }
+                    Some(f) => assert_eq!(f, *o, "client {client} moved"),
+                }
+            }
+        }
+        assert!(seen[2] > 5 && seen[3] > 5 && seen[4] > 5, "{seen:?}");
     }
 
     #[test]

@@ -560,6 +560,60 @@ fn packets() {
 // --- groups ----------------------------------------------------------------
 
 #[test]
+fn group_selection_fields() {
+    let g = parse_group(
+        "group_id=1,type=select,selection_method=hash,fields(ip_src),bucket=output:1,bucket=output:2",
+    )
+    .unwrap();
+    assert_eq!(g.selection, Some(vec![Field::NwSrc]));
+    assert_eq!(
+        format_group(&g),
+        "group_id=1,type=select,selection_method=hash,fields(nw_src),\
+         bucket=bucket_id:0,actions=output:1,bucket=bucket_id:1,actions=output:2"
+    );
+    assert_eq!(parse_group(&format_group(&g)).unwrap(), g);
+    let g = parse_group(
+        "group_id=2,type=select,fields(nw_src, nw_dst,tcp_dst),selection_method=hash,bucket=output:1",
+    )
+    .unwrap();
+    assert_eq!(
+        g.selection,
+        Some(vec![Field::NwSrc, Field::NwDst, Field::TpDst])
+    );
+    assert!(format_group(&g).starts_with(
+        "group_id=2,type=select,selection_method=hash,fields(nw_src,nw_dst,tp_dst),bucket="
+    ));
+    // dp_hash is the default method (5-tuple hash here).
+    let g = parse_group("group_id=3,type=select,selection_method=dp_hash,bucket=output:1").unwrap();
+    assert_eq!(g.selection, None);
+    let e = |t: &str| parse_group(t).unwrap_err().to_string();
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=hash,fields(nw_srcx),bucket=output:1"),
+        "column 53, field fields: unknown field 'nw_srcx'"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=hash,fields(nw_src=255.0.0.0),bucket=output:1"),
+        "column 53, field fields: 'nw_src=255.0.0.0': masks are not supported"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,fields(nw_src),bucket=output:1"),
+        "column 24, field fields: needs selection_method=hash"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=hash,bucket=output:1"),
+        "column 41, field selection_method: hash needs the fields to hash, e.g. fields(nw_src)"
+    );
+    assert_eq!(
+        e("group_id=1,type=all,selection_method=hash,fields(nw_src),bucket=output:1"),
+        "column 38, field selection_method: only select groups have a selection method"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=random,bucket=output:1"),
+        "column 41, field selection_method: unknown selection method 'random' (hash or dp_hash)"
+    );
+}
+
+#[test]
 fn groups() {
     let g =
         parse_group("group_id=1,type=select,bucket=weight:100,output:1,bucket=output:2").unwrap();
@@ -1223,7 +1277,14 @@ proptest! {
         id in 0u32..0xffff_ff00,
         kind in prop_oneof![Just(GroupType::All), Just(GroupType::Select), Just(GroupType::Indirect)],
         buckets in proptest::collection::vec((any::<u16>(), proptest::collection::vec(arb_action(), 0..4)), 0..4),
+        selection in proptest::option::of(proptest::collection::vec(arb_free_field(), 1..4)),
     ) {
+        let selection = selection.filter(|_| kind == GroupType::Select).map(|mut f| {
+            f.dedup();
+            let mut seen = Vec::new();
+            f.retain(|x| if seen.contains(x) { false } else { seen.push(*x); true });
+            f
+        });
         let n = if kind == GroupType::Indirect { buckets.len().min(1) } else { buckets.len() };
         let g = Group {
             id,
@@ -1238,6 +1299,7 @@ proptest! {
                     actions,
                 })
                 .collect(),
+            selection,
         };
         let text = format_group(&g);
         let back = parse_group(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
