@@ -168,6 +168,31 @@ pub enum Action {
     CtClear,
     /// `dec_ttl`.
     DecTtl,
+    /// `conjunction(ID,K/N)`: this flow is clause `K` of the `N`-clause
+    /// conjunctive match `ID` (see `ovs-fields(7)`, `conj_id`). A flow's
+    /// actions are either all `conjunction` or contain none.
+    Conjunction {
+        /// Conjunction id, matched as `conj_id=ID` once every clause matched.
+        id: u32,
+        /// This flow's clause, `1..=n_clauses`.
+        clause: u8,
+        /// Number of clauses, `2..=64`.
+        n_clauses: u8,
+    },
+}
+
+impl Action {
+    /// True for [`Action::Conjunction`].
+    #[inline]
+    pub fn is_conjunction(&self) -> bool {
+        matches!(self, Action::Conjunction { .. })
+    }
+}
+
+/// True if `actions` make a conjunctive flow: non-empty and every action is
+/// `conjunction(...)`.
+pub fn is_conjunctive(actions: &[Action]) -> bool {
+    !actions.is_empty() && actions.iter().all(Action::is_conjunction)
 }
 
 /// OpenFlow group types the pipeline implements.
@@ -201,4 +226,9 @@ pub struct Group {
     pub kind: GroupType,
     /// Buckets in order.
     pub buckets: Vec<Bucket>,
+    /// `selection_method=hash,fields(F,...)` of a select group: the bucket
+    /// is chosen from a hash of only these fields (so, e.g., one client IP
+    /// always gets the same bucket while the buckets do not change).
+    /// `None`: the default 5-tuple hash.
+    pub selection: Option<Vec<Field>>,
 }

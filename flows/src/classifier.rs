@@ -409,6 +409,36 @@ impl<T> Classifier<T> {
         best.map(|b| (b.prio, &b.value))
     }
 
+    /// Calls `f(priority, value)` for every rule matching `key` whose
+    /// priority is at least `min_priority`, including rules hidden behind a
+    /// higher-priority rule with the same match. Subtables whose maximum
+    /// priority is below `min_priority` are skipped. Order: subtables by
+    /// descending maximum priority, and within one match by descending
+    /// priority (not globally sorted). Allocates nothing.
+    pub fn for_each_match<'a>(
+        &'a self,
+        key: &FlowKey,
+        min_priority: u16,
+        mut f: impl FnMut(u16, &'a T),
+    ) {
+        for &(max, id) in &self.order {
+            if max < min_priority {
+                break;
+            }
+            if let Some(b) = self.tables[id].find(key) {
+                if b.prio >= min_priority {
+                    f(b.prio, &b.value);
+                    for (p, v) in &b.shadowed {
+                        if *p < min_priority {
+                            break;
+                        }
+                        f(*p, v);
+                    }
+                }
+            }
+        }
+    }
+
     /// All rules, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Match, u16, &T)> {
         self.tables.iter().flat_map(|st| {
@@ -702,6 +732,30 @@ mod tests {
     }
 
     #[test]
+    fn for_each_match_sees_shadowed_and_prunes() {
+        let mut c = Classifier::new();
+        let m = exact(&[(Field::InPort, 1)]);
+        c.insert(m, 10, "a10");
+        c.insert(m, 5, "a5");
+        c.insert(m, 1, "a1");
+        c.insert(exact(&[(Field::InPort, 1), (Field::TpDst, 80)]), 3, "b3");
+        c.insert(exact(&[(Field::InPort, 2)]), 20, "other");
+        c.insert(Match::ANY, 0, "any");
+        let pkt = key(&[(Field::InPort, 1), (Field::TpDst, 80)]);
+        let mut got = Vec::new();
+        c.for_each_match(&pkt, 0, |p, v| got.push((p, *v)));
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec![(0, "any"), (1, "a1"), (3, "b3"), (5, "a5"), (10, "a10")]
+        );
+        let mut got = Vec::new();
+        c.for_each_match(&pkt, 4, |p, v| got.push((p, *v)));
+        got.sort_unstable();
+        assert_eq!(got, vec![(5, "a5"), (10, "a10")]);
+    }
+
+    #[test]
     fn clone_is_independent() {
         let mut c = Classifier::new();
         c.insert(exact(&[(Field::InPort, 1)]), 1, 1);
@@ -826,6 +880,19 @@ mod tests {
             (w, g) => prop_assert!(false, "reference {:?} vs classifier {:?}", w, g),
         }
         prop_assert_eq!(c.lookup(pkt), got.map(|g| g.1));
+        for floor in [0u16, 3, 40000] {
+            let mut seen = Vec::new();
+            c.for_each_match(pkt, floor, |p, v| seen.push((p, *v)));
+            seen.sort_unstable();
+            let mut want: Vec<(u16, usize)> = lin
+                .rules
+                .iter()
+                .filter(|r| r.1 >= floor && r.0.matches(pkt))
+                .map(|r| (r.1, r.2))
+                .collect();
+            want.sort_unstable();
+            prop_assert_eq!(seen, want);
+        }
         Ok(())
     }
 

@@ -75,12 +75,17 @@ pub enum Field {
     CtZone,
     /// Recirculation id (set by the datapath after `ct(table=N)`).
     RecircId,
+    /// Conjunction id: set only while translation looks a table up again
+    /// after every clause of `conjunction(ID,K/N)` matched (never in
+    /// packets). Not writable, not maskable.
+    ConjId,
 }
 
 impl Field {
     /// Every field, in the order `ovs-ofctl` prints matches.
     pub const ALL: &'static [Field] = &[
         Field::RecircId,
+        Field::ConjId,
         Field::CtState,
         Field::CtZone,
         Field::Reg(0),
@@ -139,6 +144,7 @@ impl Field {
             Field::TunSrc => (6, 32, 32),
             Field::TunDst => (6, 0, 32),
             Field::Metadata => (7, 0, 64),
+            Field::ConjId => (12, 0, 32),
             Field::Reg(n) => (
                 8 + (n as usize & 7) / 2,
                 if n % 2 == 0 { 32 } else { 0 },
@@ -183,6 +189,7 @@ impl Field {
             Field::CtState => "ct_state",
             Field::CtZone => "ct_zone",
             Field::RecircId => "recirc_id",
+            Field::ConjId => "conj_id",
         }
     }
 
@@ -218,6 +225,7 @@ impl Field {
                 "ct_state" | "NXM_NX_CT_STATE" => Field::CtState,
                 "ct_zone" | "NXM_NX_CT_ZONE" => Field::CtZone,
                 "recirc_id" => Field::RecircId,
+                "conj_id" => Field::ConjId,
                 _ => {
                     let n = name
                         .strip_prefix("reg")

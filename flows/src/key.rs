@@ -9,8 +9,10 @@
 
 use crate::field::Field;
 
-/// Number of 64-bit words in a [`FlowKey`].
-pub const KEY_WORDS: usize = 12;
+/// Number of 64-bit words in a [`FlowKey`]. Word 12 holds only `conj_id`
+/// (low 32 bits), which packets never carry: translation sets it for one
+/// lookup when a conjunctive match completes.
+pub const KEY_WORDS: usize = 13;
 
 /// `ct_state` bits, as in OVS (`ovs-fields(7)`).
 pub mod ct_state {

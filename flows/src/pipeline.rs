@@ -94,6 +94,22 @@ pub struct FlowEntry {
     pub created_ms: u64,
     /// Counters.
     pub stats: Arc<FlowStats>,
+    /// True if the actions are all `conjunction(...)` (precomputed so the
+    /// lookup fast path tests one bool).
+    pub conjunctive: bool,
+}
+
+impl FlowEntry {
+    /// An entry for `spec`, computing [`conjunctive`](Self::conjunctive).
+    pub fn new(spec: FlowSpec, created_ms: u64, stats: Arc<FlowStats>) -> FlowEntry {
+        let conjunctive = crate::action::is_conjunctive(&spec.actions);
+        FlowEntry {
+            spec,
+            created_ms,
+            stats,
+            conjunctive,
+        }
+    }
 }
 
 /// Which flows a `del-flows`/`mod-flows`/`dump-flows` applies to.
@@ -241,6 +257,15 @@ pub enum PipelineError {
     /// A group is still referenced by flows.
     #[error("group {0} is used by flows; delete them first")]
     GroupInUse(u32),
+    /// `conjunction(...)` mixed with other actions, in a group bucket, or
+    /// with a bad clause number.
+    #[error("flow in table {table}: {msg}")]
+    Conjunction {
+        /// The flow's table.
+        table: u8,
+        /// What is wrong.
+        msg: &'static str,
+    },
     /// `match` lacks a prerequisite.
     #[error("flow in table {table}: field {field} needs {needs}")]
     Prerequisite {
@@ -389,11 +414,11 @@ impl Pipeline {
         match m {
             FlowMod::Add(spec) => {
                 self.validate(spec.table, &spec.m, &spec.actions)?;
-                let entry = Arc::new(FlowEntry {
-                    spec: spec.clone(),
-                    created_ms: now_ms,
-                    stats: Arc::new(FlowStats::default()),
-                });
+                let entry = Arc::new(FlowEntry::new(
+                    spec.clone(),
+                    now_ms,
+                    Arc::new(FlowStats::default()),
+                ));
                 entry.stats.last_used_ms.store(now_ms, Ordering::Relaxed);
                 self.tables[spec.table as usize]
                     .cls
@@ -407,11 +432,7 @@ impl Pipeline {
                     self.validate(v.spec.table, &v.spec.m, actions)?;
                     let mut spec = v.spec.clone();
                     spec.actions = actions.clone();
-                    let entry = Arc::new(FlowEntry {
-                        spec,
-                        created_ms: v.created_ms,
-                        stats: v.stats.clone(),
-                    });
+                    let entry = Arc::new(FlowEntry::new(spec, v.created_ms, v.stats.clone()));
                     self.tables[v.spec.table as usize]
                         .cls
                         .insert(v.spec.m, v.spec.priority, entry);
@@ -473,8 +494,29 @@ impl Pipeline {
         actions: &[Action],
         in_group: bool,
     ) -> Result<(), PipelineError> {
+        let n_conj = actions.iter().filter(|a| a.is_conjunction()).count();
+        if n_conj > 0 {
+            let msg = if in_group {
+                Some("conjunction is not allowed in a group bucket")
+            } else if n_conj < actions.len() {
+                Some("conjunction cannot be mixed with other actions")
+            } else {
+                None
+            };
+            if let Some(msg) = msg {
+                return Err(PipelineError::Conjunction { table, msg });
+            }
+        }
         for a in actions {
             match a {
+                Action::Conjunction {
+                    clause, n_clauses, ..
+                } if !(2..=64).contains(n_clauses) || *clause < 1 || clause > n_clauses => {
+                    return Err(PipelineError::Conjunction {
+                        table,
+                        msg: "conjunction clause K/N needs 1 <= K <= N and 2 <= N <= 64",
+                    });
+                }
                 Action::GotoTable(t) if !in_group => {
                     if *t as usize >= N_TABLES {
                         return Err(PipelineError::NoSuchTable(*t as u16));

@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::action::{port, Action, CtArgs, GroupType, PortNo, SubField};
+use crate::classifier::Classifier;
 use crate::field::Field;
 use crate::key::{width_mask, FlowKey, VLAN_CFI};
 use crate::mac_learning::MacTable;
@@ -192,8 +193,13 @@ impl Ctx<'_, '_> {
                 self.note(|| "resubmit depth exceeded, dropping".into());
                 return;
             }
-            let Some(t) = self.p.table(table) else { return };
-            let hit = t.cls.lookup(&self.flow).cloned();
+            let p = self.p;
+            let Some(t) = p.table(table) else { return };
+            let (hit, conj_note) = match t.cls.lookup(&self.flow) {
+                Some(e) if !e.conjunctive => (Some(e.clone()), None),
+                None => (None, None),
+                Some(_) => lookup_conjunctive(&t.cls, &self.flow, self.trace.is_some()),
+            };
             self.out.tables.push((t.stats.clone(), hit.is_some()));
             if let Some(tr) = self.trace.as_deref_mut() {
                 tr.events.push(TraceEvent::Table {
@@ -201,6 +207,9 @@ impl Ctx<'_, '_> {
                     table,
                     flow: hit.clone(),
                 });
+            }
+            if let Some(text) = conj_note {
+                self.note(|| text);
             }
             let Some(entry) = hit else {
                 if self.out.drop.is_none() && self.out.actions.is_empty() {
@@ -320,6 +329,8 @@ impl Ctx<'_, '_> {
                 self.commit();
                 self.emit(DpAction::DecTtl);
             }
+            // Only in conjunctive flows, which lookups never return.
+            Action::Conjunction { .. } => {}
         }
     }
 
@@ -412,7 +423,11 @@ impl Ctx<'_, '_> {
                 if total == 0 {
                     Vec::new()
                 } else {
-                    let mut pick = hash_5tuple(&self.flow) % total;
+                    let h = match &g.selection {
+                        Some(fields) => hash_fields(&self.flow, fields),
+                        None => hash_5tuple(&self.flow),
+                    };
+                    let mut pick = h % total;
                     let mut idx = 0;
                     for (i, b) in g.buckets.iter().enumerate() {
                         if pick < b.weight as u64 {
@@ -522,20 +537,118 @@ impl Ctx<'_, '_> {
     }
 }
 
+/// The best match in `cls` for `key` when the highest-priority match is
+/// conjunctive, following OVS (`ovs-fields(7)`, `conj_id`):
+///
+/// 1. every matching conjunctive flow with priority above the best matching
+///    non-conjunctive ("hard") flow is collected;
+/// 2. going down by priority, conjunction `ID` is complete at a priority when
+///    flows of that priority matched every clause `1..=N` of it;
+/// 3. for each complete id (lowest id first), the table is looked up again
+///    with `conj_id=ID` among non-conjunctive flows; the first hit wins;
+/// 4. otherwise the hard match (or a miss).
+///
+/// Returns the flow and, when `want_note`, a trace note naming the
+/// conjunction that matched. `key` itself is not changed.
+fn lookup_conjunctive(
+    cls: &Classifier<Arc<FlowEntry>>,
+    key: &FlowKey,
+    want_note: bool,
+) -> (Option<Arc<FlowEntry>>, Option<String>) {
+    let mut hard: Option<(u16, &Arc<FlowEntry>)> = None;
+    let mut soft: Vec<(u16, &Arc<FlowEntry>)> = Vec::new();
+    cls.for_each_match(key, 0, |p, e| {
+        if e.conjunctive {
+            soft.push((p, e));
+        } else if !matches!(hard, Some((hp, _)) if p <= hp) {
+            hard = Some((p, e));
+        }
+    });
+    if let Some((hp, _)) = hard {
+        soft.retain(|(p, _)| *p > hp);
+    }
+    soft.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+    // (id, n_clauses, matched clause bits)
+    let mut ids: Vec<(u32, u8, u64)> = Vec::new();
+    for group in soft.chunk_by(|a, b| a.0 == b.0) {
+        ids.clear();
+        for (_, e) in group {
+            for a in &e.spec.actions {
+                let Action::Conjunction {
+                    id,
+                    clause,
+                    n_clauses,
+                } = *a
+                else {
+                    continue;
+                };
+                let bit = 1u64 << (clause.saturating_sub(1) & 63);
+                match ids.iter_mut().find(|x| x.0 == id) {
+                    // Flows disagreeing on N for one id never complete it.
+                    Some(x) if x.1 == n_clauses => x.2 |= bit,
+                    Some(_) => {}
+                    None => ids.push((id, n_clauses, bit)),
+                }
+            }
+        }
+        ids.sort_unstable_by_key(|x| x.0);
+        for &(id, n, bits) in &ids {
+            if bits != width_mask(u32::from(n)) {
+                continue;
+            }
+            let mut k = *key;
+            k.set(Field::ConjId, u64::from(id));
+            if let Some(e) = best_hard(cls, &k) {
+                let note = want_note.then(|| {
+                    let clauses: Vec<String> = (1..=n).map(|c| format!("{c}/{n}")).collect();
+                    format!("conjunction({id}) matched: clauses {}", clauses.join(", "))
+                });
+                return (Some(e.clone()), note);
+            }
+        }
+    }
+    (hard.map(|(_, e)| e.clone()), None)
+}
+
+/// The highest-priority non-conjunctive flow matching `key`.
+fn best_hard<'c>(cls: &'c Classifier<Arc<FlowEntry>>, key: &FlowKey) -> Option<&'c Arc<FlowEntry>> {
+    match cls.lookup(key) {
+        Some(e) if !e.conjunctive => return Some(e),
+        None => return None,
+        Some(_) => {}
+    }
+    let mut best: Option<(u16, &Arc<FlowEntry>)> = None;
+    cls.for_each_match(key, 0, |p, e| {
+        if !e.conjunctive && !matches!(best, Some((bp, _)) if p <= bp) {
+            best = Some((p, e));
+        }
+    });
+    best.map(|(_, e)| e)
+}
+
 fn read_subfield(k: &FlowKey, sf: &SubField) -> u64 {
     (k.get(sf.field) >> sf.ofs) & width_mask(sf.n_bits)
 }
 
 /// Symmetric-free 5-tuple hash for `select` groups (FNV-1a over the fields).
 pub fn hash_5tuple(k: &FlowKey) -> u64 {
+    hash_fields(
+        k,
+        &[
+            Field::NwSrc,
+            Field::NwDst,
+            Field::NwProto,
+            Field::TpSrc,
+            Field::TpDst,
+        ],
+    )
+}
+
+/// FNV-1a hash of the values of `fields` in `k`, in order: the bucket
+/// choice of a `selection_method=hash,fields(...)` group.
+pub fn hash_fields(k: &FlowKey, fields: &[Field]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for f in [
-        Field::NwSrc,
-        Field::NwDst,
-        Field::NwProto,
-        Field::TpSrc,
-        Field::TpDst,
-    ] {
+    for &f in fields {
         for b in k.get(f).to_le_bytes() {
             h ^= b as u64;
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -551,6 +664,7 @@ mod tests {
     use crate::action::{Bucket, Group};
     use crate::flow_match::Match;
     use crate::pipeline::{FlowMod, FlowSpec, PortInfo};
+    use proptest::prelude::*;
 
     fn ports(p: &mut Pipeline, modes: &[(PortNo, VlanMode)]) {
         p.set_ports(
@@ -719,6 +833,7 @@ mod tests {
                     actions: vec![Action::Output(3)],
                 },
             ],
+            selection: None,
         };
         p.apply(
             &[
@@ -740,6 +855,58 @@ mod tests {
             }
         }
         assert!(seen[2] > 50 && seen[3] > 50, "{seen:?}");
+    }
+
+    #[test]
+    fn select_group_hash_fields_sticks_to_client_ip() {
+        let mut p = Pipeline::new();
+        ports(
+            &mut p,
+            &[
+                (1, VlanMode::Trunk),
+                (2, VlanMode::Trunk),
+                (3, VlanMode::Trunk),
+                (4, VlanMode::Trunk),
+            ],
+        );
+        let g = crate::syntax::parse_group(
+            "group_id=1,type=select,selection_method=hash,fields(ip_src),\
+             bucket=output:2,bucket=output:3,bucket=output:4",
+        )
+        .unwrap();
+        assert_eq!(g.selection, Some(vec![Field::NwSrc]));
+        p.apply(
+            &[
+                FlowMod::AddGroup(g),
+                flow(0, 1, Match::ANY, vec![Action::Group(1)]),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut seen = [0; 5];
+        for client in 1..=60u64 {
+            let mut first = None;
+            for sport in 0..20u64 {
+                let mut k = key(1, 1, 2);
+                k.set(Field::NwProto, 6);
+                k.set(Field::NwSrc, 0x0a00_0000 | client);
+                k.set(Field::NwDst, 0x0a60_0001 + sport % 3);
+                k.set(Field::TpSrc, 30000 + sport * 7);
+                k.set(Field::TpDst, 80);
+                let x = run(&p, &mut MacTable::default(), &k);
+                let [DpAction::Output(o)] = x.actions.as_slice() else {
+                    panic!("{:?}", x.actions)
+                };
+                match first {
+                    None => {
+                        first = Some(*o);
+                        seen[*o as usize] += 1;
+                    }
+                    Some(f) => assert_eq!(f, *o, "client {client} moved"),
+                }
+            }
+        }
+        assert!(seen[2] > 5 && seen[3] > 5 && seen[4] > 5, "{seen:?}");
     }
 
     #[test]
@@ -772,5 +939,391 @@ mod tests {
         k2.set(Field::RecircId, 2);
         let x = run(&p, &mut MacTable::default(), &k2);
         assert_eq!(x.actions, vec![DpAction::Output(2)]);
+    }
+
+    // ---- conjunctive match ----
+
+    fn install(p: &mut Pipeline, lines: &[&str]) {
+        let mods: Vec<FlowMod> = lines
+            .iter()
+            .map(|l| FlowMod::Add(crate::syntax::parse_flow(l).unwrap()))
+            .collect();
+        p.apply(&mods, 0).unwrap();
+    }
+
+    fn tcp_pkt(src: &str, dport: u64) -> FlowKey {
+        crate::syntax::parse_packet(&format!("in_port=1,tcp,nw_src={src},tp_dst={dport}")).unwrap()
+    }
+
+    fn conj_pipeline(extra: &[&str]) -> Pipeline {
+        let mut p = Pipeline::new();
+        ports(
+            &mut p,
+            &[
+                (1, VlanMode::Trunk),
+                (2, VlanMode::Trunk),
+                (3, VlanMode::Trunk),
+                (4, VlanMode::Trunk),
+            ],
+        );
+        let mut lines = vec![
+            "priority=10,ip,nw_src=10.0.0.1 actions=conjunction(1,1/2)",
+            "priority=10,ip,nw_src=10.0.0.2 actions=conjunction(1,1/2)",
+            "priority=10,tcp,tp_dst=80 actions=conjunction(1,2/2)",
+            "priority=10,tcp,tp_dst=443 actions=conjunction(1,2/2)",
+            "priority=10,conj_id=1 actions=output:2",
+            "priority=1 actions=output:3",
+        ];
+        lines.extend_from_slice(extra);
+        install(&mut p, &lines);
+        p
+    }
+
+    fn out_of(p: &Pipeline, k: &FlowKey) -> Vec<DpAction> {
+        run(p, &mut MacTable::default(), k).actions
+    }
+
+    #[test]
+    fn conjunction_classic_sources_times_ports() {
+        let p = conj_pipeline(&[]);
+        for src in ["10.0.0.1", "10.0.0.2"] {
+            for port in [80, 443] {
+                assert_eq!(
+                    out_of(&p, &tcp_pkt(src, port)),
+                    vec![DpAction::Output(2)],
+                    "{src}:{port}"
+                );
+            }
+        }
+        // One clause only: falls back to the lower non-conjunctive flow.
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.3", 80)),
+            vec![DpAction::Output(3)]
+        );
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 22)),
+            vec![DpAction::Output(3)]
+        );
+        // The conj_id flow never matches a packet by itself, and the
+        // working key keeps conj_id 0.
+        let mut env = XlateEnv {
+            macs: &mut MacTable::default(),
+            now_ms: 0,
+        };
+        let mut tr = Trace::default();
+        let k = tcp_pkt("10.0.0.2", 443);
+        let x = translate(&p, &k, &mut env, Some(&mut tr));
+        assert_eq!(x.actions, vec![DpAction::Output(2)]);
+        assert_eq!(tr.final_key.get(Field::ConjId), 0);
+        assert_eq!(x.flows.len(), 1);
+        match &tr.events[0] {
+            TraceEvent::Table { flow: Some(e), .. } => {
+                assert_eq!(e.spec.m.get(Field::ConjId), (1, 0xffff_ffff))
+            }
+            other => panic!("{other:?}"),
+        }
+        match &tr.events[1] {
+            TraceEvent::Note { text, .. } => {
+                assert_eq!(text, "conjunction(1) matched: clauses 1/2, 2/2")
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = crate::trace::format_trace("br0", &k, &x, &tr);
+        assert!(text.contains(" 0. conj_id=1, priority 10"), "{text}");
+        assert!(text.contains("-> conjunction(1) matched"), "{text}");
+    }
+
+    #[test]
+    fn conjunction_without_conj_id_flow_or_below_hard_falls_back() {
+        // Complete, but nothing matches conj_id=1: the hard match is used.
+        let mut p = conj_pipeline(&[]);
+        p.apply(
+            &[FlowMod::Delete(
+                crate::syntax::parse_filter("conj_id=1", false).unwrap(),
+            )],
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 80)),
+            vec![DpAction::Output(3)]
+        );
+        // A hard flow above the conjunction's priority wins.
+        let p = conj_pipeline(&["priority=20,tcp,tp_dst=80 actions=output:4"]);
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 80)),
+            vec![DpAction::Output(4)]
+        );
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 443)),
+            vec![DpAction::Output(2)]
+        );
+        // A hard flow at the same priority hides the conjunction too (only
+        // conjunctive flows strictly above the best hard match count).
+        let p = conj_pipeline(&["priority=10,tcp,nw_src=10.0.0.2 actions=output:4"]);
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.2", 80)),
+            vec![DpAction::Output(4)]
+        );
+        // No hard flow at all and incomplete: a miss.
+        let mut p = Pipeline::new();
+        install(
+            &mut p,
+            &["priority=10,ip,nw_src=10.0.0.1 actions=conjunction(1,1/2)"],
+        );
+        let x = run(&p, &mut MacTable::default(), &tcp_pkt("10.0.0.1", 80));
+        assert_eq!(x.drop, Some(XlateDrop::TableMiss));
+        assert_eq!(x.tables.len(), 1);
+        assert!(!x.tables[0].1);
+    }
+
+    #[test]
+    fn conjunction_two_ids_share_a_flow() {
+        let mut p = Pipeline::new();
+        ports(
+            &mut p,
+            &[
+                (1, VlanMode::Trunk),
+                (2, VlanMode::Trunk),
+                (3, VlanMode::Trunk),
+            ],
+        );
+        install(
+            &mut p,
+            &[
+                "priority=5,ip,nw_src=10.0.0.1 actions=conjunction(1,1/2),conjunction(2,1/3)",
+                "priority=5,tcp,tp_dst=80 actions=conjunction(1,2/2)",
+                "priority=5,tcp,tp_dst=22 actions=conjunction(2,2/3)",
+                "priority=5,in_port=1 actions=conjunction(2,3/3)",
+                "conj_id=1 actions=output:2",
+                "conj_id=2 actions=output:3",
+            ],
+        );
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 80)),
+            vec![DpAction::Output(2)]
+        );
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 22)),
+            vec![DpAction::Output(3)]
+        );
+        assert!(out_of(&p, &tcp_pkt("10.0.0.9", 22)).is_empty());
+        let mut k = tcp_pkt("10.0.0.1", 22);
+        k.set(Field::InPort, 2);
+        assert!(out_of(&p, &k).is_empty(), "clause 3/3 missing");
+    }
+
+    #[test]
+    fn conjunction_highest_complete_priority_wins() {
+        let mut p = Pipeline::new();
+        ports(
+            &mut p,
+            &[
+                (1, VlanMode::Trunk),
+                (2, VlanMode::Trunk),
+                (3, VlanMode::Trunk),
+            ],
+        );
+        install(
+            &mut p,
+            &[
+                // id 5 at priority 20: incomplete for port 80.
+                "priority=20,ip,nw_src=10.0.0.1 actions=conjunction(5,1/2)",
+                "priority=20,tcp,tp_dst=443 actions=conjunction(5,2/2)",
+                // id 6 at priority 10.
+                "priority=10,ip,nw_src=10.0.0.0/24 actions=conjunction(6,1/2)",
+                "priority=10,tcp,tp_dst=80 actions=conjunction(6,2/2)",
+                "priority=10,tcp,tp_dst=443 actions=conjunction(6,2/2)",
+                "conj_id=5 actions=output:2",
+                "conj_id=6 actions=output:3",
+            ],
+        );
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 80)),
+            vec![DpAction::Output(3)]
+        );
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.1", 443)),
+            vec![DpAction::Output(2)]
+        );
+        assert_eq!(
+            out_of(&p, &tcp_pkt("10.0.0.7", 443)),
+            vec![DpAction::Output(3)]
+        );
+        // Clauses at different priorities do not combine.
+        let mut p = Pipeline::new();
+        install(
+            &mut p,
+            &[
+                "priority=20,ip,nw_src=10.0.0.1 actions=conjunction(5,1/2)",
+                "priority=10,tcp,tp_dst=80 actions=conjunction(5,2/2)",
+                "conj_id=5 actions=drop",
+            ],
+        );
+        let x = run(&p, &mut MacTable::default(), &tcp_pkt("10.0.0.1", 80));
+        assert_eq!(x.drop, Some(XlateDrop::TableMiss));
+    }
+
+    #[test]
+    fn conjunction_rejected_when_mixed() {
+        let mut p = Pipeline::new();
+        let mut spec = crate::syntax::parse_flow("ip actions=conjunction(1,1/2)").unwrap();
+        spec.actions.push(Action::Output(1));
+        assert!(matches!(
+            p.apply(&[FlowMod::Add(spec)], 0),
+            Err(crate::pipeline::PipelineError::Conjunction { table: 0, .. })
+        ));
+    }
+
+    /// Brute-force reference of the OVS conjunctive lookup over the
+    /// installed flows of table 0: `(priority, key it must match)` of the
+    /// expected flow, or `None` for a miss.
+    fn reference(flows: &[Arc<FlowEntry>], key: &FlowKey) -> Option<(u16, FlowKey)> {
+        let best_hard = |k: &FlowKey| {
+            flows
+                .iter()
+                .filter(|e| !e.conjunctive && e.spec.m.matches(k))
+                .map(|e| e.spec.priority)
+                .max()
+        };
+        let hard = best_hard(key);
+        let mut prios: Vec<u16> = flows
+            .iter()
+            .filter(|e| e.conjunctive && e.spec.m.matches(key))
+            .map(|e| e.spec.priority)
+            .filter(|p| !matches!(hard, Some(h) if *p <= h))
+            .collect();
+        prios.sort_unstable_by(|a, b| b.cmp(a));
+        prios.dedup();
+        for prio in prios {
+            for (id, n) in [(1u32, 2u8), (2, 3)] {
+                let complete = (1..=n).all(|c| {
+                    flows.iter().any(|e| {
+                        e.conjunctive
+                            && e.spec.priority == prio
+                            && e.spec.m.matches(key)
+                            && e.spec.actions.contains(&Action::Conjunction {
+                                id,
+                                clause: c,
+                                n_clauses: n,
+                            })
+                    })
+                });
+                if complete {
+                    let mut k = *key;
+                    k.set(Field::ConjId, id as u64);
+                    if let Some(h) = best_hard(&k) {
+                        return Some((h, k));
+                    }
+                }
+            }
+        }
+        hard.map(|h| (h, *key))
+    }
+
+    #[derive(Clone, Debug)]
+    enum ConjRule {
+        /// nw_src=10.0.0.A (or any), actions conjunction(ID, K/N) list.
+        Soft(u16, Option<u64>, Option<u64>, Vec<(u32, u8)>),
+        /// conj_id (0 = none), nw_src last byte (None = any), output port.
+        Hard(u16, u32, Option<u64>),
+    }
+
+    fn conj_rule() -> impl Strategy<Value = ConjRule> {
+        let clause = prop_oneof![(Just(1u32), 1u8..=2), (Just(2u32), 1u8..=3)];
+        prop_oneof![
+            (
+                1u16..4,
+                proptest::option::of(1u64..4),
+                proptest::option::of(1u64..4),
+                prop::collection::vec(clause, 1..3)
+            )
+                .prop_map(|(p, a, b, c)| ConjRule::Soft(p, a, b, c)),
+            (0u16..5, 0u32..3, proptest::option::of(1u64..4))
+                .prop_map(|(p, id, a)| ConjRule::Hard(p, id, a)),
+        ]
+    }
+
+    fn conj_spec(r: &ConjRule) -> FlowSpec {
+        let mut m = Match::ANY;
+        let mut spec = FlowSpec::default();
+        match r {
+            ConjRule::Soft(p, a, b, cl) => {
+                m.set(Field::DlType, 0x0800);
+                m.set(Field::NwProto, 6);
+                if let Some(a) = a {
+                    m.set(Field::NwSrc, 0x0a00_0000 | a);
+                }
+                if let Some(b) = b {
+                    m.set(Field::TpDst, *b);
+                }
+                spec.priority = *p;
+                let mut seen = Vec::new();
+                for &(id, k) in cl {
+                    if seen.contains(&id) {
+                        continue;
+                    }
+                    seen.push(id);
+                    spec.actions.push(Action::Conjunction {
+                        id,
+                        clause: k,
+                        n_clauses: if id == 1 { 2 } else { 3 },
+                    });
+                }
+            }
+            ConjRule::Hard(p, id, a) => {
+                if *id != 0 {
+                    m.set(Field::ConjId, *id as u64);
+                }
+                if let Some(a) = a {
+                    m.set(Field::DlType, 0x0800);
+                    m.set(Field::NwSrc, 0x0a00_0000 | a);
+                }
+                spec.priority = *p;
+                spec.actions = vec![Action::Output(1)];
+            }
+        }
+        spec.m = m;
+        spec
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn conjunction_matches_brute_force(
+            rules in prop::collection::vec(conj_rule(), 0..24),
+            pkts in prop::collection::vec((1u64..5, 1u64..5), 1..16),
+        ) {
+            let mut p = Pipeline::new();
+            let mods: Vec<FlowMod> = rules.iter().map(|r| FlowMod::Add(conj_spec(r))).collect();
+            p.apply(&mods, 0).unwrap();
+            let flows: Vec<Arc<FlowEntry>> = p
+                .flows(&crate::pipeline::FlowFilter::default())
+                .into_iter()
+                .cloned()
+                .collect();
+            let cls = &p.table(0).unwrap().cls;
+            for (a, b) in pkts {
+                let mut k = FlowKey::ZERO;
+                k.set(Field::DlType, 0x0800);
+                k.set(Field::NwProto, 6);
+                k.set(Field::NwSrc, 0x0a00_0000 | a);
+                k.set(Field::TpDst, b);
+                let (got, _) = lookup_conjunctive(cls, &k, false);
+                let fast = match cls.lookup(&k) {
+                    Some(e) if !e.conjunctive => Some(e.clone()),
+                    None => None,
+                    Some(_) => got,
+                };
+                match (reference(&flows, &k), fast) {
+                    (None, None) => {}
+                    (Some((prio, kk)), Some(e)) => {
+                        prop_assert!(!e.conjunctive);
+                        prop_assert_eq!(e.spec.priority, prio);
+                        prop_assert!(e.spec.m.matches(&kk));
+                    }
+                    (want, got) => prop_assert!(false, "want {:?} got {:?}", want, got.map(|e| e.spec.clone())),
+                }
+            }
+        }
     }
 }

@@ -65,7 +65,6 @@ const UNSUPPORTED: &[&str] = &[
     "bundle_load",
     "output_reg",
     "output_trunc",
-    "conjunction",
     "meter",
     "clone",
     "check_pkt_larger",
@@ -122,6 +121,26 @@ pub(crate) fn parse_action_items(
             Some(a) => out.push(a),
             None => drop_at = Some(item),
         }
+    }
+    let n_conj = out.iter().filter(|a| a.is_conjunction()).count();
+    if n_conj > 0 && (n_conj < items.len() || m.is_none()) {
+        let at = items
+            .iter()
+            .copied()
+            .find(|i| !i.starts_with("conjunction"))
+            .unwrap_or(items[0]);
+        let msg = if m.is_none() {
+            "not allowed in a group bucket"
+        } else {
+            "cannot be mixed with other actions (a conjunctive flow's actions are all conjunction(...))"
+        };
+        return Err(src.err(
+            at,
+            SyntaxErrorKind::Action {
+                action: "conjunction".into(),
+                msg: msg.into(),
+            },
+        ));
     }
     if let Some(at) = drop_at {
         if items.len() > 1 {
@@ -311,6 +330,7 @@ fn parse_action(
                 return Err(aerr(v, format!("field {f} cannot be set with a mask")));
             }
             check_prereq(src, m, field, f, &lower)?;
+            check_writable(src, field, f, &lower)?;
             Action::SetField {
                 field,
                 value,
@@ -331,6 +351,7 @@ fn parse_action(
                 ));
             }
             check_prereq(src, m, dst.field, d, &lower)?;
+            check_writable(src, dst.field, d, &lower)?;
             Action::Load { value, dst }
         }
         "move" => {
@@ -351,6 +372,7 @@ fn parse_action(
             }
             check_prereq(src, m, srcf.field, s, &lower)?;
             check_prereq(src, m, dst.field, d, &lower)?;
+            check_writable(src, dst.field, d, &lower)?;
             Action::Move { src: srcf, dst }
         }
         "resubmit" => {
@@ -404,6 +426,12 @@ fn parse_action(
             }
             Action::Ct(parse_ct(src, paren.unwrap_or(""))?)
         }
+        "conjunction" => {
+            if arg.is_some() {
+                return Err(aerr(item, "write conjunction(ID,K/N)".into()));
+            }
+            parse_conjunction(paren.unwrap_or("")).map_err(|(at, e)| aerr(at, e))?
+        }
         "ct_clear" => return no_arg(Action::CtClear),
         "dec_ttl" => return no_arg(Action::DecTtl),
         "nat" => {
@@ -425,6 +453,46 @@ fn parse_action(
         }
     };
     Ok(Some(a))
+}
+
+/// Parses the inside of `conjunction(ID,K/N)`; errors give the offending
+/// text.
+fn parse_conjunction(inner: &str) -> Result<Action, (&str, String)> {
+    let Some((id, kn)) = inner.split_once(',') else {
+        return Err((inner, format!("'{inner}': expected ID,K/N")));
+    };
+    let (id, kn) = (id.trim(), kn.trim());
+    let Some((k, n)) = kn.split_once('/') else {
+        return Err((kn, format!("'{kn}': expected K/N (clause K of N)")));
+    };
+    let id = parse_max(id, u32::MAX as u64).map_err(|e| (id, e))? as u32;
+    let n_clauses = parse_max(n, 64).map_err(|e| (n, e))? as u8;
+    if n_clauses < 2 {
+        return Err((n, format!("'{n}': a conjunction has 2 to 64 clauses")));
+    }
+    let clause = parse_max(k, n_clauses as u64).map_err(|e| (k, e))? as u8;
+    if clause < 1 {
+        return Err((k, format!("'{k}': clauses are numbered from 1")));
+    }
+    Ok(Action::Conjunction {
+        id,
+        clause,
+        n_clauses,
+    })
+}
+
+/// Refuses writes to fields that are not writable (`conj_id`).
+fn check_writable(src: Src<'_>, field: Field, at: &str, action: &str) -> Result<(), SyntaxError> {
+    if field == Field::ConjId {
+        return Err(src.err(
+            at,
+            SyntaxErrorKind::Action {
+                action: action.to_string(),
+                msg: "field conj_id is read-only".into(),
+            },
+        ));
+    }
+    Ok(())
 }
 
 fn check_prereq(
@@ -648,6 +716,7 @@ fn nxm_name(f: Field) -> &'static str {
         ][n as usize & 7],
         Field::CtState => "NXM_NX_CT_STATE",
         Field::CtZone => "NXM_NX_CT_ZONE",
+        Field::ConjId => "NXM_NX_CONJ_ID",
         Field::DlVlan | Field::DlVlanPcp | Field::RecircId => f.name(),
     }
 }
@@ -820,6 +889,13 @@ pub(crate) fn fmt_action(out: &mut String, a: &Action) {
         }
         Action::CtClear => out.push_str("ct_clear"),
         Action::DecTtl => out.push_str("dec_ttl"),
+        Action::Conjunction {
+            id,
+            clause,
+            n_clauses,
+        } => {
+            let _ = write!(out, "conjunction({id},{clause}/{n_clauses})");
+        }
     }
 }
 

@@ -303,7 +303,6 @@ const UNSUPPORTED_FIELDS: &[&str] = &[
     "pkt_mark",
     "skb_priority",
     "dp_hash",
-    "conj_id",
     "actset_output",
     "packet_type",
     "tun_flags",
@@ -725,42 +724,92 @@ fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, S
     let head = &text[..head_end];
     let mut id = None;
     let mut kind = GroupType::All;
-    for (key, value) in match_items(head) {
-        let v = match value {
-            Some(v) if !v.is_empty() => v,
-            _ => return Err(src.field_err(key, key, format!("missing value (write {key}=VALUE)"))),
-        };
-        match key {
-            "group_id" => {
-                id = Some(parse_max(v, 0xffff_ff00).map_err(|e| src.field_err(v, key, e))? as u32);
-            }
-            "type" => {
-                kind = match v {
-                    "all" => GroupType::All,
-                    "select" => GroupType::Select,
-                    "indirect" => GroupType::Indirect,
-                    "ff" | "fast_failover" => {
-                        return Err(src.field_err(
-                            v,
-                            key,
-                            "fast_failover groups are not supported by ferrovs",
-                        ))
+    let mut method: Option<&str> = None;
+    let mut fields: Option<(&str, Vec<Field>)> = None;
+    for item in actions::split_top(src, head.trim_end_matches([',', ' ', '\t']))? {
+        if let Some(inner) = item.strip_prefix("fields(") {
+            let Some(inner) = inner.strip_suffix(')') else {
+                return Err(src.field_err(item, "fields", "write fields(FIELD,...)"));
+            };
+            fields = Some((item, parse_hash_fields(src, inner)?));
+            continue;
+        }
+        for (key, value) in match_items(item) {
+            let v = match value {
+                Some(v) if !v.is_empty() => v,
+                _ => {
+                    return Err(src.field_err(
+                        key,
+                        key,
+                        format!("missing value (write {key}=VALUE)"),
+                    ))
+                }
+            };
+            match key {
+                "group_id" => {
+                    id = Some(
+                        parse_max(v, 0xffff_ff00).map_err(|e| src.field_err(v, key, e))? as u32,
+                    );
+                }
+                "type" => {
+                    kind = match v {
+                        "all" => GroupType::All,
+                        "select" => GroupType::Select,
+                        "indirect" => GroupType::Indirect,
+                        "ff" | "fast_failover" => {
+                            return Err(src.field_err(
+                                v,
+                                key,
+                                "fast_failover groups are not supported by ferrovs",
+                            ))
+                        }
+                        _ => {
+                            return Err(src.field_err(
+                                v,
+                                key,
+                                format!("unknown group type '{v}' (all, select or indirect)"),
+                            ))
+                        }
                     }
+                }
+                "selection_method" => match v {
+                    "hash" | "dp_hash" => method = Some(v),
                     _ => {
                         return Err(src.field_err(
                             v,
                             key,
-                            format!("unknown group type '{v}' (all, select or indirect)"),
+                            format!("unknown selection method '{v}' (hash or dp_hash)"),
                         ))
                     }
+                },
+                "selection_method_param" | "fields" => {
+                    return Err(src.field_err(key, key, "not supported by ferrovs"))
                 }
+                _ => return Err(src.err(key, SyntaxErrorKind::UnknownField(key.to_string()))),
             }
-            "selection_method" | "selection_method_param" | "fields" => {
-                return Err(src.field_err(key, key, "not supported by ferrovs"))
-            }
-            _ => return Err(src.err(key, SyntaxErrorKind::UnknownField(key.to_string()))),
         }
     }
+    let selection = match (method, fields) {
+        (Some(m), _) if kind != GroupType::Select => {
+            return Err(src.field_err(
+                m,
+                "selection_method",
+                "only select groups have a selection method",
+            ))
+        }
+        (Some("hash"), Some((_, f))) => Some(f),
+        (Some(m @ "hash"), None) => {
+            return Err(src.field_err(
+                m,
+                "selection_method",
+                "hash needs the fields to hash, e.g. fields(nw_src)",
+            ))
+        }
+        (_, Some((at, _))) => {
+            return Err(src.field_err(at, "fields", "needs selection_method=hash"))
+        }
+        (_, None) => None,
+    };
     let Some(id) = id else {
         return Err(src.err(head, SyntaxErrorKind::Syntax("missing group_id=N".into())));
     };
@@ -788,7 +837,40 @@ fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, S
             SyntaxErrorKind::Syntax("an indirect group has at most one bucket".into()),
         ));
     }
-    Ok(Group { id, kind, buckets })
+    Ok(Group {
+        id,
+        kind,
+        buckets,
+        selection,
+    })
+}
+
+/// Parses the inside of a group's `fields(...)`: field names (OVS and
+/// ferrovs spellings, `ip_src` = `nw_src`), without masks.
+fn parse_hash_fields(src: Src<'_>, inner: &str) -> Result<Vec<Field>, SyntaxError> {
+    let mut out: Vec<Field> = Vec::new();
+    for name in actions::split_top(src, inner)? {
+        if name.contains('=') {
+            return Err(src.field_err(
+                name,
+                "fields",
+                format!("'{name}': masks are not supported"),
+            ));
+        }
+        let Some(f) = Field::from_name(name) else {
+            return Err(src.field_err(name, "fields", format!("unknown field '{name}'")));
+        };
+        if f == Field::ConjId {
+            return Err(src.field_err(name, "fields", "conj_id cannot be hashed"));
+        }
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    if out.is_empty() {
+        return Err(src.field_err(inner, "fields", "name at least one field"));
+    }
+    Ok(out)
 }
 
 fn parse_bucket(
@@ -861,6 +943,16 @@ pub fn format_group(g: &Group) -> String {
             GroupType::Indirect => "indirect",
         }
     );
+    if let Some(fields) = &g.selection {
+        s.push_str(",selection_method=hash,fields(");
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(f.name());
+        }
+        s.push(')');
+    }
     for b in &g.buckets {
         let _ = write!(s, ",bucket=bucket_id:{},", b.id);
         let default_weight = if g.kind == GroupType::Select { 1 } else { 0 };
@@ -899,6 +991,7 @@ pub fn format_match(m: &Match, priority: u16) -> String {
         parts.push(format!("priority={priority}"));
     }
     push_field(&mut parts, "recirc_id", Field::RecircId, m);
+    push_field(&mut parts, "conj_id", Field::ConjId, m);
     push_field(&mut parts, "ct_state", Field::CtState, m);
     push_field(&mut parts, "ct_zone", Field::CtZone, m);
 
@@ -1049,6 +1142,7 @@ pub fn format_packet(k: &FlowKey) -> String {
     };
     let nz = |f: Field| if k.get(f) != 0 { u64::MAX } else { 0 };
     pin(Field::RecircId, nz(Field::RecircId));
+    pin(Field::ConjId, nz(Field::ConjId));
     pin(
         Field::CtState,
         if k.get(Field::CtState) & !0xff != 0 {

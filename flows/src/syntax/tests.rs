@@ -278,6 +278,85 @@ fn drop_forms() {
 // --- errors ----------------------------------------------------------------
 
 #[test]
+fn conjunction_syntax() {
+    let f =
+        parse_flow("priority=5,ip,nw_src=10.0.0.1 actions=conjunction(7,1/2),conjunction(9, 3/3)")
+            .unwrap();
+    assert_eq!(
+        f.actions,
+        vec![
+            Action::Conjunction {
+                id: 7,
+                clause: 1,
+                n_clauses: 2
+            },
+            Action::Conjunction {
+                id: 9,
+                clause: 3,
+                n_clauses: 3
+            }
+        ]
+    );
+    assert_eq!(
+        format_actions(&f.actions),
+        "conjunction(7,1/2),conjunction(9,3/3)"
+    );
+    assert_eq!(
+        roundtrip_text("conj_id=7,priority=5 actions=output:2"),
+        "priority=5,conj_id=7 actions=output:2"
+    );
+    assert_eq!(
+        roundtrip_text("ip,conj_id=4294967295 actions=drop"),
+        "conj_id=4294967295,ip actions=drop"
+    );
+    assert_eq!(
+        err("ip actions=conjunction(1,3/2)"),
+        "column 26, action conjunction: '3' is above 2"
+    );
+    assert_eq!(
+        err("ip actions=conjunction(1,0/2)"),
+        "column 26, action conjunction: '0': clauses are numbered from 1"
+    );
+    assert_eq!(
+        err("ip actions=conjunction(1,1/1)"),
+        "column 28, action conjunction: '1': a conjunction has 2 to 64 clauses"
+    );
+    assert_eq!(
+        err("ip actions=conjunction(1,1/65)"),
+        "column 28, action conjunction: '65' is above 64"
+    );
+    assert_eq!(
+        err("ip actions=conjunction(1)"),
+        "column 24, action conjunction: '1': expected ID,K/N"
+    );
+    assert_eq!(
+        err("ip actions=conjunction(x,1/2)"),
+        "column 24, action conjunction: 'x' is not a number"
+    );
+    assert_eq!(
+        err("ip actions=conjunction:1"),
+        "column 12, action conjunction: write conjunction(ID,K/N)"
+    );
+    assert_eq!(
+        err("ip actions=conjunction(1,1/2),output:3"),
+        "column 31, action conjunction: cannot be mixed with other actions \
+         (a conjunctive flow's actions are all conjunction(...))"
+    );
+    assert_eq!(
+        err("conj_id=1/0xff actions=drop"),
+        "column 9, field conj_id: '1/0xff': conj_id cannot be masked"
+    );
+    assert_eq!(
+        err("ip actions=load:1->conj_id[]"),
+        "column 20, action load: field conj_id is read-only"
+    );
+    assert!(parse_group("group_id=1,type=all,bucket=conjunction(1,1/2)")
+        .unwrap_err()
+        .to_string()
+        .contains("not allowed in a group bucket"));
+}
+
+#[test]
 fn error_messages() {
     assert_eq!(
         err("table=0,priority=100,tcp,tp_dst=70000 actions=drop"),
@@ -481,6 +560,60 @@ fn packets() {
 // --- groups ----------------------------------------------------------------
 
 #[test]
+fn group_selection_fields() {
+    let g = parse_group(
+        "group_id=1,type=select,selection_method=hash,fields(ip_src),bucket=output:1,bucket=output:2",
+    )
+    .unwrap();
+    assert_eq!(g.selection, Some(vec![Field::NwSrc]));
+    assert_eq!(
+        format_group(&g),
+        "group_id=1,type=select,selection_method=hash,fields(nw_src),\
+         bucket=bucket_id:0,actions=output:1,bucket=bucket_id:1,actions=output:2"
+    );
+    assert_eq!(parse_group(&format_group(&g)).unwrap(), g);
+    let g = parse_group(
+        "group_id=2,type=select,fields(nw_src, nw_dst,tcp_dst),selection_method=hash,bucket=output:1",
+    )
+    .unwrap();
+    assert_eq!(
+        g.selection,
+        Some(vec![Field::NwSrc, Field::NwDst, Field::TpDst])
+    );
+    assert!(format_group(&g).starts_with(
+        "group_id=2,type=select,selection_method=hash,fields(nw_src,nw_dst,tp_dst),bucket="
+    ));
+    // dp_hash is the default method (5-tuple hash here).
+    let g = parse_group("group_id=3,type=select,selection_method=dp_hash,bucket=output:1").unwrap();
+    assert_eq!(g.selection, None);
+    let e = |t: &str| parse_group(t).unwrap_err().to_string();
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=hash,fields(nw_srcx),bucket=output:1"),
+        "column 53, field fields: unknown field 'nw_srcx'"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=hash,fields(nw_src=255.0.0.0),bucket=output:1"),
+        "column 53, field fields: 'nw_src=255.0.0.0': masks are not supported"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,fields(nw_src),bucket=output:1"),
+        "column 24, field fields: needs selection_method=hash"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=hash,bucket=output:1"),
+        "column 41, field selection_method: hash needs the fields to hash, e.g. fields(nw_src)"
+    );
+    assert_eq!(
+        e("group_id=1,type=all,selection_method=hash,fields(nw_src),bucket=output:1"),
+        "column 38, field selection_method: only select groups have a selection method"
+    );
+    assert_eq!(
+        e("group_id=1,type=select,selection_method=random,bucket=output:1"),
+        "column 41, field selection_method: unknown selection method 'random' (hash or dp_hash)"
+    );
+}
+
+#[test]
 fn groups() {
     let g =
         parse_group("group_id=1,type=select,bucket=weight:100,output:1,bucket=output:2").unwrap();
@@ -682,11 +815,11 @@ fn action_printing() {
 }
 
 fn entry(text: &str, created_ms: u64) -> FlowEntry {
-    FlowEntry {
-        spec: parse_flow(text).unwrap(),
+    FlowEntry::new(
+        parse_flow(text).unwrap(),
         created_ms,
-        stats: Arc::new(FlowStats::default()),
-    }
+        Arc::new(FlowStats::default()),
+    )
 }
 
 #[test]
@@ -789,6 +922,7 @@ fn arb_match() -> impl Strategy<Value = Match> {
         proptest::option::of(arb_ip_masked()),
         proptest::option::of(arb_masked(64)),
         proptest::option::of(any::<u16>()),
+        proptest::option::of(any::<u32>()),
     );
     let l2 = (
         0u8..6,
@@ -810,7 +944,10 @@ fn arb_match() -> impl Strategy<Value = Match> {
     );
     (proto, meta, l2, l3).prop_map(|(proto, meta, l2, l3)| {
         let mut m = Match::ANY;
-        let (ct_state, ct_zone, regs, tun_id, tun_src, tun_dst, metadata, in_port) = meta;
+        let (ct_state, ct_zone, regs, tun_id, tun_src, tun_dst, metadata, in_port, conj_id) = meta;
+        if let Some(c) = conj_id {
+            m.set(Field::ConjId, c as u64);
+        }
         if let Some((v, k)) = ct_state {
             m.set_masked(Field::CtState, v, k);
         }
@@ -1049,12 +1186,25 @@ fn arb_action() -> impl Strategy<Value = Action> {
     ]
 }
 
+fn arb_conjunction() -> impl Strategy<Value = Action> {
+    (any::<u32>(), 2u8..=64).prop_flat_map(|(id, n)| {
+        (1..=n).prop_map(move |clause| Action::Conjunction {
+            id,
+            clause,
+            n_clauses: n,
+        })
+    })
+}
+
 fn arb_spec() -> impl Strategy<Value = FlowSpec> {
     (
         0u8..255,
         any::<u16>(),
         arb_match(),
-        proptest::collection::vec(arb_action(), 0..6),
+        prop_oneof![
+            4 => proptest::collection::vec(arb_action(), 0..6),
+            1 => proptest::collection::vec(arb_conjunction(), 1..4),
+        ],
         any::<u64>(),
         any::<u16>(),
         any::<u16>(),
@@ -1127,7 +1277,14 @@ proptest! {
         id in 0u32..0xffff_ff00,
         kind in prop_oneof![Just(GroupType::All), Just(GroupType::Select), Just(GroupType::Indirect)],
         buckets in proptest::collection::vec((any::<u16>(), proptest::collection::vec(arb_action(), 0..4)), 0..4),
+        selection in proptest::option::of(proptest::collection::vec(arb_free_field(), 1..4)),
     ) {
+        let selection = selection.filter(|_| kind == GroupType::Select).map(|mut f| {
+            f.dedup();
+            let mut seen = Vec::new();
+            f.retain(|x| if seen.contains(x) { false } else { seen.push(*x); true });
+            f
+        });
         let n = if kind == GroupType::Indirect { buckets.len().min(1) } else { buckets.len() };
         let g = Group {
             id,
@@ -1142,6 +1299,7 @@ proptest! {
                     actions,
                 })
                 .collect(),
+            selection,
         };
         let text = format_group(&g);
         let back = parse_group(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
