@@ -47,11 +47,15 @@ pub enum DropReason {
     /// A frame on a tunnel underlay port that is neither VXLAN for us nor
     /// ARP for our address.
     NotForTunnel,
+    /// `arp_reply` or `reject` had nothing it may answer: not an ARP
+    /// request, or a TCP RST, ICMP error, fragment, broadcast, multicast
+    /// or non-IPv4 packet (the packet is dropped unanswered).
+    NoReply,
 }
 
 impl DropReason {
     /// Number of reasons (length of a counter array).
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in counter-index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -71,6 +75,7 @@ impl DropReason {
         DropReason::NoSuchPort,
         DropReason::TunnelNoPort,
         DropReason::NotForTunnel,
+        DropReason::NoReply,
     ];
 
     /// Index into a `[u64; DropReason::COUNT]` counter array.
@@ -98,6 +103,7 @@ impl DropReason {
             DropReason::NoSuchPort => "no_such_port",
             DropReason::TunnelNoPort => "tunnel_no_port",
             DropReason::NotForTunnel => "not_for_tunnel",
+            DropReason::NoReply => "no_reply",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod emc;
 pub mod extract;
 pub mod packet;
 pub mod port;
+pub mod reply;
 pub mod shared;
 pub mod switch;
 pub mod tunnel;

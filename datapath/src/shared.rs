@@ -177,6 +177,8 @@ pub struct ThreadStats {
     pub upcalls: AtomicU64,
     /// Packets punted to `controller`.
     pub controller: AtomicU64,
+    /// Frames sent by the `arp_reply` and `reject` actions.
+    pub replies_sent: AtomicU64,
     /// Packets processed.
     pub packets: AtomicU64,
     /// Drops by reason (indexed by `DropReason as usize`).

@@ -59,6 +59,8 @@ pub struct SwitchStats {
     pub upcalls: u64,
     /// Controller punts.
     pub controller: u64,
+    /// Frames sent by `arp_reply` and `reject`.
+    pub replies_sent: u64,
     /// Packets processed.
     pub packets: u64,
     /// Drops by reason name.
@@ -390,6 +392,7 @@ impl Switch {
             s.emc_misses += r(&t.emc_misses);
             s.upcalls += r(&t.upcalls);
             s.controller += r(&t.controller);
+            s.replies_sent += r(&t.replies_sent);
             s.packets += r(&t.packets);
             s.sleeps += r(&t.sleeps);
             for (i, d) in t.drops.iter().enumerate() {

@@ -22,7 +22,7 @@ use flows::action::PortNo;
 use flows::field::{ethertype, ipproto, Field};
 use flows::key::FlowKey;
 use flows::pipeline::Pipeline;
-use flows::xlate::{translate, DpAction, XlateDrop, XlateEnv};
+use flows::xlate::{translate, DpAction, ReplyKind, XlateDrop, XlateEnv};
 
 use crate::conntrack::{CtInput, Tuple};
 use crate::emc::{
@@ -31,6 +31,7 @@ use crate::emc::{
 use crate::extract::{extract, DropReason, Layout};
 use crate::packet;
 use crate::port::{PortRx, MAX_FRAME};
+use crate::reply;
 use crate::shared::{lock, PortRole, PortState, PortTable, Shared, VxlanConfig, BATCH};
 use crate::tunnel;
 
@@ -208,6 +209,8 @@ pub struct Engine {
     packets: u64,
     upcalls: u64,
     controller: u64,
+    /// Frames sent by `arp_reply`/`reject`.
+    replies: u64,
     drops: [u64; DropReason::COUNT],
     /// Some of `drops` is not zero.
     dropped: bool,
@@ -294,6 +297,7 @@ impl Engine {
             packets: 0,
             upcalls: 0,
             controller: 0,
+            replies: 0,
             drops: [0; DropReason::COUNT],
             dropped: false,
         }
@@ -538,6 +542,7 @@ impl Engine {
                     Some(XlateDrop::TableMiss) => DropReason::NoFlow,
                     Some(XlateDrop::TooDeep) => DropReason::TooDeep,
                     Some(XlateDrop::VlanNotAllowed) => DropReason::VlanNotAllowed,
+                    Some(XlateDrop::CannotReply) => DropReason::NoReply,
                     None => DropReason::ActionDrop,
                 };
                 return self.drop_pkt(r);
@@ -606,6 +611,10 @@ impl Engine {
                         }
                     }
                     DpAction::Controller => self.controller += 1,
+                    DpAction::Reply(kind) => {
+                        let kind = *kind;
+                        self.reply(kind, pkt, &layout, key);
+                    }
                     DpAction::Ct { args, frozen } => {
                         let (args, frozen) = (*args, **frozen);
                         let state = self.conntrack(&args, pkt, &layout, key);
@@ -820,7 +829,7 @@ impl Engine {
         };
         if matches!(self.ports.ports[i].role, PortRole::Vxlan { .. }) {
             let port = self.ports.ports[i].clone();
-            return self.output_tunnel(&port, pkt, key, tun);
+            return self.output_tunnel(&port, pkt.bytes(), key, tun);
         }
         let b = pkt.bytes();
         self.stage_at(i, |out| {
@@ -834,7 +843,7 @@ impl Engine {
     fn output_tunnel(
         &mut self,
         port: &PortState,
-        pkt: &Pkt<'_>,
+        inner: &[u8],
         key: &FlowKey,
         tun: (u64, Ipv4Addr, Ipv4Addr),
     ) {
@@ -859,7 +868,6 @@ impl Engine {
                     udp_port: cfg.udp_port,
                 };
                 let hash = crate::emc::key_hash(key);
-                let inner = pkt.bytes();
                 let mut err = None;
                 self.stage_frame(*underlay, |out| {
                     match crate::vxlan::encap(inner, out, &ep, remote, mac, vni as u32, hash) {
@@ -881,12 +889,51 @@ impl Engine {
                 }
             }
             _ => {
-                let b = pkt.bytes();
                 self.stage_frame(port.no, |out| {
-                    out[..b.len()].copy_from_slice(b);
-                    b.len()
+                    out[..inner.len()].copy_from_slice(inner);
+                    inner.len()
                 });
             }
+        }
+    }
+
+    /// Executes [`DpAction::Reply`]: builds the answer to the packet and
+    /// sends it out of the packet's ingress port (through the tunnel it
+    /// came from, for a VXLAN port), or counts [`DropReason::NoReply`].
+    #[inline(never)]
+    fn reply(&mut self, kind: ReplyKind, pkt: &Pkt<'_>, layout: &Layout, key: &FlowKey) {
+        let no = key.get(Field::InPort) as PortNo;
+        let Some(i) = self.ports.index(no) else {
+            return self.drop_pkt(DropReason::NoSuchPort);
+        };
+        let frame = pkt.bytes();
+        if matches!(self.ports.ports[i].role, PortRole::Vxlan { .. }) {
+            let mut buf = [0u8; reply::MAX_REPLY];
+            let Some(n) = reply::build(kind, frame, layout, &mut buf) else {
+                return self.drop_pkt(DropReason::NoReply);
+            };
+            // Back to the endpoint it came from, in the same VNI.
+            let tun = (
+                key.get(Field::TunId),
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::from(key.get(Field::TunSrc) as u32),
+            );
+            let port = self.ports.ports[i].clone();
+            self.replies += 1;
+            return self.output_tunnel(&port, &buf[..n], key, tun);
+        }
+        let mut built = false;
+        self.stage_at(i, |out| match reply::build(kind, frame, layout, out) {
+            Some(n) => {
+                built = true;
+                n
+            }
+            None => 0,
+        });
+        if built {
+            self.replies += 1;
+        } else {
+            self.drop_pkt(DropReason::NoReply);
         }
     }
 
@@ -1040,6 +1087,7 @@ impl Engine {
         add(&t.packets, &mut self.packets);
         add(&t.upcalls, &mut self.upcalls);
         add(&t.controller, &mut self.controller);
+        add(&t.replies_sent, &mut self.replies);
         let mut h = std::mem::take(&mut self.emc.hits);
         add(&t.emc_hits, &mut h);
         let mut m = std::mem::take(&mut self.emc.misses);

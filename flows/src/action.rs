@@ -168,6 +168,14 @@ pub enum Action {
     CtClear,
     /// `dec_ttl`.
     DecTtl,
+    /// `arp_reply:MAC` (ferrovs extension): answer an ARP request with
+    /// "`arp_tpa` is at MAC", sent back out of the ingress port; any other
+    /// packet gets no answer.
+    ArpReply([u8; 6]),
+    /// `reject` (ferrovs extension): answer TCP with a RST and other IPv4
+    /// with ICMP port unreachable, out of the ingress port, and stop
+    /// processing the packet.
+    Reject,
     /// `conjunction(ID,K/N)`: this flow is clause `K` of the `N`-clause
     /// conjunctive match `ID` (see `ovs-fields(7)`, `conj_id`). A flow's
     /// actions are either all `conjunction` or contain none.

@@ -39,6 +39,15 @@ fn format_dp_action(a: &DpAction) -> String {
         }
         DpAction::DecTtl => "dec_ttl".into(),
         DpAction::Controller => "userspace(controller)".into(),
+        DpAction::Reply(crate::xlate::ReplyKind::Arp(m)) => {
+            let mut s = String::from("arp_reply(");
+            for (i, b) in m.iter().enumerate() {
+                let _ = write!(s, "{}{b:02x}", if i > 0 { ":" } else { "" });
+            }
+            s.push(')');
+            s
+        }
+        DpAction::Reply(crate::xlate::ReplyKind::Reject) => "reject".into(),
         DpAction::Ct { args, .. } => {
             let mut s = String::from("ct(");
             let mut parts = Vec::new();
@@ -143,6 +152,7 @@ pub fn format_trace(bridge: &str, key: &FlowKey, x: &Xlation, t: &crate::xlate::
             Some(XlateDrop::TableMiss) => "no flow matched (table miss)",
             Some(XlateDrop::TooDeep) => "resubmit depth exceeded",
             Some(XlateDrop::VlanNotAllowed) => "VLAN not allowed on the input port",
+            Some(XlateDrop::CannotReply) => "arp_reply or reject found nothing to answer",
             None => "the actions drop it",
         };
         let _ = writeln!(out, "Drop reason: {why}");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::action::{port, Action, CtArgs, GroupType, PortNo, SubField};
 use crate::classifier::Classifier;
-use crate::field::Field;
+use crate::field::{ethertype, ipproto, Field};
 use crate::key::{width_mask, FlowKey, VLAN_CFI};
 use crate::mac_learning::MacTable;
 use crate::pipeline::{FlowEntry, FlowStats, Pipeline, TableStats, VlanMode};
@@ -63,6 +63,19 @@ pub enum DpAction {
     },
     /// Punt to the controller (counted; ferrovs has no controller channel).
     Controller,
+    /// Send a reply built from the packet (as it is in the datapath at this
+    /// point) back out of its ingress port (`in_port` of the key).
+    Reply(ReplyKind),
+}
+
+/// What [`DpAction::Reply`] answers with (ferrovs extensions, no OVS
+/// equivalent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplyKind {
+    /// `arp_reply:MAC`: an ARP reply "`arp_tpa` is at MAC" to an ARP request.
+    Arp([u8; 6]),
+    /// `reject`: a TCP RST (for TCP), else ICMP port unreachable.
+    Reject,
 }
 
 /// Why translation decided to drop (for counters and traces).
@@ -75,6 +88,10 @@ pub enum XlateDrop {
     /// `normal` on an access port received a tagged frame, or a trunk
     /// received a VLAN it does not carry.
     VlanNotAllowed,
+    /// `arp_reply` on a packet that is not an ARP request, or `reject` on
+    /// one that must not be answered (not IPv4, an ICMP error, from or to
+    /// a broadcast or multicast address).
+    CannotReply,
 }
 
 /// The result of translating one key.
@@ -141,7 +158,8 @@ struct Ctx<'a, 'b> {
     base: FlowKey,
     depth: usize,
     trace: Option<&'a mut Trace>,
-    /// Set when a `ct(table=..)` froze the translation.
+    /// Set when a `ct(table=..)` froze the translation, or `reject`
+    /// ended it.
     frozen: bool,
 }
 
@@ -331,7 +349,32 @@ impl Ctx<'_, '_> {
             }
             // Only in conjunctive flows, which lookups never return.
             Action::Conjunction { .. } => {}
+            Action::ArpReply(mac) => {
+                // Answered from the packet as the datapath has it: header
+                // changes not yet committed do not apply.
+                let b = &self.base;
+                if b.get(Field::DlType) == ethertype::ARP as u64 && b.get(Field::ArpOp) == 1 {
+                    self.emit(DpAction::Reply(ReplyKind::Arp(*mac)));
+                } else {
+                    self.cannot_reply("arp_reply: not an ARP request, nothing sent");
+                }
+            }
+            Action::Reject => {
+                match reject_refusal(&self.base) {
+                    None => self.emit(DpAction::Reply(ReplyKind::Reject)),
+                    Some(why) => self.cannot_reply(why),
+                }
+                self.note(|| "reject: processing of the packet ends".into());
+                self.frozen = true;
+            }
         }
+    }
+
+    fn cannot_reply(&mut self, why: &'static str) {
+        if self.out.drop.is_none() {
+            self.out.drop = Some(XlateDrop::CannotReply);
+        }
+        self.note(|| why.into());
     }
 
     fn write_subfield(&mut self, dst: &SubField, value: u64) {
@@ -624,6 +667,31 @@ fn best_hard<'c>(cls: &'c Classifier<Arc<FlowEntry>>, key: &FlowKey) -> Option<&
         }
     });
     best.map(|(_, e)| e)
+}
+
+/// Why `reject` must not answer a packet with key `k`, or `None` if it
+/// may (RFC 1122 3.2.2: no ICMP error about an ICMP error, a broadcast or
+/// multicast, or a packet whose source is not one host). TCP RSTs and
+/// later fragments are refused by the datapath, which sees the headers.
+pub fn reject_refusal(k: &FlowKey) -> Option<&'static str> {
+    if k.get(Field::DlType) != ethertype::IPV4 as u64 {
+        return Some("reject: not IPv4, nothing sent");
+    }
+    if k.get(Field::DlDst) & 0x0100_0000_0000 != 0 {
+        return Some("reject: Ethernet broadcast or multicast, nothing sent");
+    }
+    let src = Ipv4Addr::from(k.get(Field::NwSrc) as u32);
+    let dst = Ipv4Addr::from(k.get(Field::NwDst) as u32);
+    let not_host = |a: Ipv4Addr| a.is_unspecified() || a.is_multicast() || a.is_broadcast();
+    if not_host(src) || dst.is_multicast() || dst.is_broadcast() {
+        return Some("reject: broadcast, multicast or unspecified address, nothing sent");
+    }
+    if k.get(Field::NwProto) == ipproto::ICMP as u64
+        && matches!(k.get(Field::TpSrc), 3 | 4 | 5 | 11 | 12)
+    {
+        return Some("reject: ICMP error, nothing sent");
+    }
+    None
 }
 
 fn read_subfield(k: &FlowKey, sf: &SubField) -> u64 {
@@ -1326,4 +1394,106 @@ mod tests {
             }
         }
     }
+    #[test]
+    fn arp_reply_answers_requests_only() {
+        let mut p = Pipeline::new();
+        ports(&mut p, &[(1, VlanMode::Trunk), (2, VlanMode::Trunk)]);
+        let mac = [2, 0xfe, 0, 0, 0, 1];
+        p.apply(
+            &[flow(
+                0,
+                1,
+                Match::ANY,
+                vec![Action::ArpReply(mac), Action::Output(2)],
+            )],
+            0,
+        )
+        .unwrap();
+        let mut k = key(1, 1, 0xffff_ffff_ffff);
+        k.set(Field::DlType, 0x0806);
+        k.set(Field::ArpOp, 1);
+        let x = run(&p, &mut MacTable::default(), &k);
+        assert_eq!(
+            x.actions,
+            vec![DpAction::Reply(ReplyKind::Arp(mac)), DpAction::Output(2)]
+        );
+        assert_eq!(
+            crate::trace::format_dp_actions(&x.actions),
+            "arp_reply(02:fe:00:00:00:01),2"
+        );
+        // An ARP reply, or IPv4, is not answered (and does not stop the list).
+        k.set(Field::ArpOp, 2);
+        let x = run(&p, &mut MacTable::default(), &k);
+        assert_eq!(x.actions, vec![DpAction::Output(2)]);
+        assert_eq!(x.drop, Some(XlateDrop::CannotReply));
+        let x = run(&p, &mut MacTable::default(), &key(1, 1, 2));
+        assert_eq!(x.actions, vec![DpAction::Output(2)]);
+    }
+
+    #[test]
+    fn reject_ends_processing() {
+        let mut p = Pipeline::new();
+        ports(&mut p, &[(1, VlanMode::Trunk), (2, VlanMode::Trunk)]);
+        p.apply(
+            &[
+                flow(
+                    0,
+                    1,
+                    Match::ANY,
+                    vec![
+                        Action::Resubmit {
+                            port: None,
+                            table: Some(1),
+                        },
+                        Action::Output(2),
+                    ],
+                ),
+                flow(1, 1, Match::ANY, vec![Action::Reject, Action::Output(2)]),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut k = key(1, 0x0200_0000_0001, 0x0200_0000_0002);
+        k.set(Field::NwSrc, 0x0a00_0001);
+        k.set(Field::NwDst, 0x0a60_000a);
+        k.set(Field::NwProto, 6);
+        let mut t = Trace::default();
+        let mut macs = MacTable::default();
+        let mut env = XlateEnv {
+            macs: &mut macs,
+            now_ms: 0,
+        };
+        let x = translate(&p, &k, &mut env, Some(&mut t));
+        assert_eq!(x.actions, vec![DpAction::Reply(ReplyKind::Reject)]);
+        assert_eq!(crate::trace::format_dp_actions(&x.actions), "reject");
+        assert!(t.events.iter().any(
+            |e| matches!(e, TraceEvent::Note { text, .. } if text.contains("processing of the packet ends"))
+        ));
+        // Nothing to answer: still ends processing, as a drop.
+        let refused = |f: &dyn Fn(&mut FlowKey)| {
+            let mut k2 = k;
+            f(&mut k2);
+            let x = run(&p, &mut MacTable::default(), &k2);
+            assert!(x.actions.is_empty(), "{:?}", x.actions);
+            assert_eq!(x.drop, Some(XlateDrop::CannotReply));
+        };
+        refused(&|k| {
+            k.set(Field::NwProto, 1);
+            k.set(Field::TpSrc, 3);
+        });
+        refused(&|k| k.set(Field::NwDst, 0xffff_ffff));
+        refused(&|k| k.set(Field::NwDst, 0xe000_00fb));
+        refused(&|k| k.set(Field::NwSrc, 0));
+        refused(&|k| k.set(Field::DlDst, 0xffff_ffff_ffff));
+        refused(&|k| k.set(Field::DlType, 0x86dd));
+        // ICMP echo and UDP are answered.
+        for (proto, tp_src) in [(1, 8), (17, 5000)] {
+            let mut k2 = k;
+            k2.set(Field::NwProto, proto);
+            k2.set(Field::TpSrc, tp_src);
+            let x = run(&p, &mut MacTable::default(), &k2);
+            assert_eq!(x.actions, vec![DpAction::Reply(ReplyKind::Reject)]);
+        }
+    }
+
 }

@@ -434,6 +434,15 @@ fn parse_action(
         }
         "ct_clear" => return no_arg(Action::CtClear),
         "dec_ttl" => return no_arg(Action::DecTtl),
+        "arp_reply" => {
+            let a = need_arg()?;
+            let mac = parse_mac(a).map_err(|e| aerr(a, e))?;
+            if mac[0] & 1 != 0 || mac == [0; 6] {
+                return Err(aerr(a, format!("'{a}' is not a unicast MAC address")));
+            }
+            Action::ArpReply(mac)
+        }
+        "reject" => return no_arg(Action::Reject),
         "nat" => {
             return Err(aerr(
                 item,
@@ -896,6 +905,11 @@ pub(crate) fn fmt_action(out: &mut String, a: &Action) {
         } => {
             let _ = write!(out, "conjunction({id},{clause}/{n_clauses})");
         }
+        Action::ArpReply(m) => {
+            out.push_str("arp_reply:");
+            fmt_mac(out, *m);
+        }
+        Action::Reject => out.push_str("reject"),
     }
 }
 

@@ -1183,6 +1183,15 @@ fn arb_action() -> impl Strategy<Value = Action> {
             })),
         Just(Action::CtClear),
         Just(Action::DecTtl),
+        any::<[u8; 6]>().prop_map(|m| Action::ArpReply([
+            m[0] & 0xfe | 0x02,
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        ])),
+        Just(Action::Reject),
     ]
 }
 
@@ -1380,4 +1389,55 @@ fn port_names() {
         "column 9, field in_port: 'veth0' is not a port number or a reserved port name (LOCAL, IN_PORT, ...)"
     );
     assert_eq!(format!("{p:?}"), "Parser { port_names: true }");
+}
+
+/// The ferrovs extension actions `arp_reply:MAC` and `reject`.
+#[test]
+fn reply_actions() {
+    let f = parse_flow("table=1,arp,arp_op=1 actions=arp_reply:02:fe:00:00:00:01").unwrap();
+    assert_eq!(f.actions, vec![Action::ArpReply([0x02, 0xfe, 0, 0, 0, 1])]);
+    assert_eq!(
+        format_flow_spec(&f),
+        "table=1,arp,arp_op=1 actions=arp_reply:02:fe:00:00:00:01"
+    );
+    let f = parse_flow("tcp,nw_dst=10.96.0.10 actions=REJECT").unwrap();
+    assert_eq!(f.actions, vec![Action::Reject]);
+    assert_eq!(format_actions(&f.actions), "reject");
+    // Short MAC forms print in full; other actions may come first.
+    assert_eq!(
+        roundtrip_text("arp actions=load:1->reg0[],arp_reply:2:0:0:0:0:a"),
+        roundtrip_text("arp actions=load:0x1->NXM_NX_REG0[],arp_reply:02:00:00:00:00:0a")
+    );
+    assert_eq!(
+        format_actions(
+            &parse_flow("ip actions=mod_nw_dst:1.2.3.4,reject")
+                .unwrap()
+                .actions
+        ),
+        "mod_nw_dst:1.2.3.4,reject"
+    );
+    assert_eq!(
+        err("arp actions=arp_reply"),
+        "column 13, action arp_reply: missing argument (write arp_reply:VALUE)"
+    );
+    assert_eq!(
+        err("arp actions=arp_reply:02:00:00:00:01"),
+        "column 23, action arp_reply: '02:00:00:00:01' is not a MAC address (xx:xx:xx:xx:xx:xx)"
+    );
+    assert_eq!(
+        err("arp actions=arp_reply:ff:ff:ff:ff:ff:ff"),
+        "column 23, action arp_reply: 'ff:ff:ff:ff:ff:ff' is not a unicast MAC address"
+    );
+    assert_eq!(
+        err("arp actions=arp_reply:00:00:00:00:00:00"),
+        "column 23, action arp_reply: '00:00:00:00:00:00' is not a unicast MAC address"
+    );
+    assert_eq!(
+        err("ip actions=reject:5"),
+        "column 12, action reject: takes no argument"
+    );
+    assert_eq!(
+        err("ip actions=reject(tcp)"),
+        "column 12, action reject: takes no argument"
+    );
 }
