@@ -382,6 +382,19 @@ impl Switch {
         (x, trace)
     }
 
+    /// Like [`trace`](Self::trace), following conntrack recirculations
+    /// with `ct_next` as the connection state (see
+    /// [`flows::trace::trace_through`]).
+    pub fn trace_through(&self, key: &FlowKey, ct_next: u64) -> Vec<flows::trace::Pass> {
+        let p = self.pipeline();
+        let mut macs = lock(&self.shared.macs).clone();
+        let mut env = XlateEnv {
+            macs: &mut macs,
+            now_ms: self.shared.now_ms(),
+        };
+        flows::trace::trace_through(&p, key, &mut env, ct_next)
+    }
+
     /// Switch-wide counters.
     pub fn stats(&self) -> SwitchStats {
         let mut s = SwitchStats::default();

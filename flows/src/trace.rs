@@ -169,6 +169,99 @@ pub fn format_trace(bridge: &str, key: &FlowKey, x: &Xlation, t: &crate::xlate::
     out
 }
 
+/// One translation pass of a trace that follows recirculation.
+#[derive(Clone, Debug)]
+pub struct Pass {
+    /// The key the pass started with.
+    pub key: FlowKey,
+    /// Its translation.
+    pub x: Xlation,
+    /// Its trace.
+    pub trace: crate::xlate::Trace,
+}
+
+/// Passes followed at most (a pipeline that recirculates forever is cut).
+pub const MAX_PASSES: usize = 8;
+
+/// Translates `key` and, as `ofproto/trace` does, follows every
+/// `ct(...,table=N)` into the next pass: the frozen key with `ct_state` =
+/// `ct_next | trk`, the zone, `recirc_id` = N + 1, and the `nat(src=|dst=)`
+/// of the action applied to the addresses and ports (first address and
+/// port of the range, `snat`/`dnat` added to `ct_state`), as the connection
+/// tracker would for a new connection. Pure: no connection is created.
+pub fn trace_through(
+    p: &crate::pipeline::Pipeline,
+    key: &FlowKey,
+    env: &mut crate::xlate::XlateEnv<'_>,
+    ct_next: u64,
+) -> Vec<Pass> {
+    use crate::action::NatKind;
+    let mut passes = Vec::new();
+    let mut k = *key;
+    for _ in 0..MAX_PASSES {
+        let mut trace = crate::xlate::Trace::default();
+        let x = crate::xlate::translate(p, &k, env, Some(&mut trace));
+        let next = x.actions.iter().find_map(|a| match a {
+            DpAction::Ct { args, frozen } => args.table.map(|t| (*args, **frozen, t)),
+            _ => None,
+        });
+        passes.push(Pass { key: k, x, trace });
+        let Some((args, frozen, table)) = next else {
+            break;
+        };
+        let mut n = frozen;
+        let mut state = ct_next | ct_state::TRK;
+        if let Some(nat) = args.nat {
+            match nat.kind {
+                Some(NatKind::Dst) => {
+                    n.set(Field::NwDst, u64::from(u32::from(nat.ip_min)));
+                    if nat.port_min != 0 {
+                        n.set(Field::TpDst, u64::from(nat.port_min));
+                    }
+                    state |= ct_state::DNAT;
+                }
+                Some(NatKind::Src) => {
+                    n.set(Field::NwSrc, u64::from(u32::from(nat.ip_min)));
+                    if nat.port_min != 0 {
+                        n.set(Field::TpSrc, u64::from(nat.port_min));
+                    }
+                    state |= ct_state::SNAT;
+                }
+                None => {}
+            }
+        }
+        n.set(Field::CtState, state);
+        n.set(Field::CtZone, u64::from(args.zone));
+        n.set(Field::RecircId, u64::from(table) + 1);
+        k = n;
+    }
+    passes
+}
+
+/// Formats passes from [`trace_through`], separated the way
+/// `ofproto/trace` separates recirculations.
+pub fn format_trace_through(bridge: &str, passes: &[Pass]) -> String {
+    let mut out = String::new();
+    for (i, pass) in passes.iter().enumerate() {
+        if i > 0 {
+            let rule = "=".repeat(79);
+            let _ = writeln!(
+                out,
+                "\n{rule}\nrecirc({:#x}) - resume conntrack with ct_state={}\n{rule}\n",
+                pass.key.get(Field::RecircId),
+                ct_text(pass.key.get(Field::CtState))
+            );
+        }
+        let text = format_trace(bridge, &pass.key, &pass.x, &pass.trace);
+        let text = match text.find("\nThe packet recirculates after conntrack") {
+            Some(at) if i + 1 < passes.len() => text[..at].to_string(),
+            _ => text,
+        };
+        out.push_str(&text);
+    }
+    out
+}
+
 fn strip_priority(m: &str) -> String {
     m.split(',')
         .filter(|p| !p.starts_with("priority="))

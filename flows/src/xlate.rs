@@ -1495,5 +1495,4 @@ mod tests {
             assert_eq!(x.actions, vec![DpAction::Reply(ReplyKind::Reject)]);
         }
     }
-
 }

@@ -105,6 +105,19 @@ pub fn parse_bundle(
     Ok((mods, names))
 }
 
+/// Parses `--ct-next=` flags: `new`, `est,rpl`, `est|rpl` (trk is implied).
+fn parse_ct_flags(v: &str) -> Result<u64, String> {
+    let mut bits = 0;
+    for w in v.split([',', '|', '+']).filter(|w| !w.is_empty()) {
+        let (_, b) = flows::key::ct_state::NAMES
+            .iter()
+            .find(|(n, _)| *n == w)
+            .ok_or_else(|| format!("trace: --ct-next: unknown connection state '{w}' (new, est, rel, rpl, inv, snat, dnat)"))?;
+        bits |= b;
+    }
+    Ok(bits)
+}
+
 /// Opens the datapath side of a configured port.
 pub type PortOpener = dyn Fn(&PortConfig) -> Result<Box<dyn Port>, String> + Send;
 
@@ -151,7 +164,8 @@ dump-names                    cookie -> object names (set by ferrovs-agent)
 dump-ports [PORT]
 dump-tables
 add-group GROUP | del-groups [group_id=N] | dump-groups
-trace PACKET                  e.g. in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=80
+trace [--ct-next=est,rpl] PACKET  e.g. in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=80
+                              (follows conntrack recirculation, as a new connection by default)
 dump-conntrack
 fdb-show
 stats                         datapath counters (cache, upcalls, drops by reason)";
@@ -366,9 +380,13 @@ impl Daemon {
             }
             "trace" => {
                 let key = parser.packet(&arg).map_err(|e| format!("trace: {e}"))?;
-                let (x, t) = self.switch.trace(&key);
-                let mut out = flows::trace::format_trace(&self.bridge, &key, &x, &t);
-                out.push_str(&self.trace_objects(&t, &x));
+                let ct_next = match flags.iter().find_map(|f| f.strip_prefix("--ct-next=")) {
+                    None => flows::key::ct_state::NEW,
+                    Some(v) => parse_ct_flags(v)?,
+                };
+                let passes = self.switch.trace_through(&key, ct_next);
+                let mut out = flows::trace::format_trace_through(&self.bridge, &passes);
+                out.push_str(&self.trace_objects(&passes));
                 Ok(out)
             }
             "dump-conntrack" => {
@@ -547,14 +565,18 @@ impl Daemon {
 
     /// The "what decided" section of a trace: the object of every flow the
     /// packet hit, and the verdict.
-    fn trace_objects(&self, t: &flows::xlate::Trace, x: &flows::xlate::Xlation) -> String {
+    fn trace_objects(&self, passes: &[flows::trace::Pass]) -> String {
         use flows::xlate::TraceEvent;
+        let Some(final_pass) = passes.last() else {
+            return String::new();
+        };
         if self.names.is_empty() {
             return String::new();
         }
+        let x = &final_pass.x;
         let mut out = String::from("\nObjects:\n");
         let mut last = None;
-        for ev in &t.events {
+        for ev in passes.iter().flat_map(|p| p.trace.events.iter()) {
             if let TraceEvent::Table {
                 table,
                 flow: Some(e),
