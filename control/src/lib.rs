@@ -14,7 +14,9 @@
 //! The flow compiler, the Kubernetes watcher and the daemon come later.
 #![forbid(unsafe_code)]
 
+pub mod compile;
 pub mod manifests;
+pub mod model;
 pub mod snapshot;
 
 pub use manifests::{load, load_dir, Loaded, Loader, ManifestError, Problem, Severity};

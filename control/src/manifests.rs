@@ -341,6 +341,15 @@ impl Loader {
     }
 }
 
+/// Loads objects given as JSON values (each a manifest, a `List`, ...), as
+/// if they were one JSON file named `name`: for tests and generated state.
+pub fn load_values(name: &str, values: &[Value]) -> Loaded {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values});
+    let mut l = Loader::new();
+    l.add_str(Path::new(name), &list.to_string());
+    l.finish()
+}
+
 /// Relative paths of the manifest files under `dir.join(rel)`, and the
 /// entries that could not be read. Entries whose name starts with `.` are
 /// skipped (hidden files, and the `..data` links of a mounted ConfigMap,

@@ -1,0 +1,282 @@
+//! Pod wiring, tenants and the overlay: the [`Unit::Infra`](super::Unit),
+//! [`Unit::Network`](super::Unit) and [`Unit::Pod`](super::Unit) flows.
+
+use flows::action::Action;
+use flows::field::Field;
+use flows::key::ct_state;
+
+use super::layout::*;
+use super::{finish, Ids, Input, Issue, UnitOutput};
+use crate::model::gateway_of;
+use crate::snapshot::{Kind, ObjectRef};
+
+const INFRA: u64 = (CookieKind::Infra as u64) << 56;
+
+/// Fixed tables: defaults, ARP responder for the local gateway and pod
+/// subnet, conntrack state checks, policy bypass for established traffic,
+/// tunnel output.
+pub(super) fn infra(input: &Input<'_>, _ids: &mut Ids) -> UnitOutput {
+    let cfg = input.cfg;
+    let gw_mac = cfg.gateway_mac;
+    let mut out = UnitOutput::default();
+    let f = &mut out.flows;
+    // Anything not classified (unknown port, spoofed source) is dropped.
+    f.push(F::new(T_CLASSIFY, 0, INFRA).done());
+    if let Some(node) = input.model.nodes.get(&cfg.node) {
+        for net in &node.pod_cidrs {
+            f.push(
+                F::new(T_ARP, 100, INFRA)
+                    .arp()
+                    .m(Field::ArpOp, 1)
+                    .addr(Field::ArpTpa, gateway_of(net))
+                    .a(Action::ArpReply(gw_mac))
+                    .done(),
+            );
+            f.push(
+                F::new(T_ARP, 90, INFRA)
+                    .arp()
+                    .m(Field::ArpOp, 1)
+                    .net(Field::ArpTpa, *net)
+                    .a(Action::ArpReply(gw_mac))
+                    .done(),
+            );
+        }
+    } else if !cfg.node.is_empty() {
+        out.issues.push(Issue {
+            object: ObjectRef::new(Kind::Node, "", &cfg.node),
+            field: "spec.podCIDR".into(),
+            message: "this node is not known (or has no pod CIDR): no gateway is answered".into(),
+        });
+    }
+    f.push(F::new(T_ARP, 0, INFRA).done());
+    f.push(
+        F::new(T_CT_STATE, 200, INFRA)
+            .mm(
+                Field::CtState,
+                ct_state::INV | ct_state::TRK,
+                ct_state::INV | ct_state::TRK,
+            )
+            .done(),
+    );
+    f.push(F::new(T_CT_STATE, 0, INFRA).goto(T_SERVICE).done());
+    f.push(F::new(T_SERVICE, 0, INFRA).goto(T_EGRESS).done());
+    // Replies and established connections are not subject to policy.
+    let est = |t: u8, next: u8| {
+        F::new(t, 65000, INFRA)
+            .ip()
+            .mm(Field::CtState, ct_state::TRK, ct_state::NEW | ct_state::TRK)
+            .goto(next)
+            .done()
+    };
+    f.push(est(T_EGRESS, T_ROUTE));
+    f.push(F::new(T_EGRESS, 0, INFRA).goto(T_ROUTE).done());
+    f.push(F::new(T_ROUTE, 0, INFRA).done());
+    f.push(est(T_INGRESS, T_COMMIT));
+    f.push(F::new(T_INGRESS, 0, INFRA).goto(T_COMMIT).done());
+    f.push(F::new(T_COMMIT, 0, INFRA).goto(T_OUTPUT).done());
+    if let Some(tun) = cfg.tunnel_port {
+        f.push(
+            F::new(T_OUTPUT, 100, INFRA)
+                .m(REG_OUT, u64::from(tun))
+                .a(Action::Output(tun))
+                .done(),
+        );
+    }
+    f.push(F::new(T_OUTPUT, 0, INFRA).done());
+    finish(out)
+}
+
+/// Per tenant: conntrack zone and commit, tunnel ingress by VNI; per other
+/// node and tenant: a route of its pod CIDRs into the tunnel.
+pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
+    let cfg = input.cfg;
+    let m = input.model;
+    let mut out = UnitOutput::default();
+    for t in m.tenants.values() {
+        let v = t.vlan;
+        let c = cookie(CookieKind::Tenant, u32::from(v), 0);
+        let f = &mut out.flows;
+        f.push(
+            F::new(T_CT, 100, c)
+                .ip()
+                .m(REG_TENANT, u64::from(v))
+                .a(ct(
+                    false,
+                    v,
+                    Some(T_CT_STATE),
+                    Some(flows::action::Nat {
+                        kind: None,
+                        ip_min: std::net::Ipv4Addr::UNSPECIFIED,
+                        ip_max: std::net::Ipv4Addr::UNSPECIFIED,
+                        port_min: 0,
+                        port_max: 0,
+                    }),
+                ))
+                .done(),
+        );
+        f.push(
+            F::new(T_COMMIT, 100, c)
+                .ip()
+                .m(REG_TENANT, u64::from(v))
+                .mm(
+                    Field::CtState,
+                    ct_state::NEW | ct_state::TRK,
+                    ct_state::NEW | ct_state::TRK,
+                )
+                .a(ct(true, v, None, None))
+                .goto(T_OUTPUT)
+                .done(),
+        );
+        if let Some(tun) = cfg.tunnel_port {
+            f.push(
+                F::new(T_CLASSIFY, 100, c)
+                    .m(Field::InPort, u64::from(tun))
+                    .m(Field::TunId, u64::from(v))
+                    .ip()
+                    .load(REG_TENANT, u64::from(v))
+                    .load(REG_FLAGS, FLAG_FROM_TUNNEL)
+                    .goto(T_CT)
+                    .done(),
+            );
+        }
+    }
+    let Some(tun) = cfg.tunnel_port else {
+        return finish(out);
+    };
+    for node in m.nodes.values() {
+        if node.name == cfg.node || node.pod_cidrs.is_empty() {
+            continue;
+        }
+        let Some(ip) = node.ip else { continue };
+        let c = ids.cookie(
+            CookieKind::Node,
+            &ObjectRef::new(Kind::Node, "", &node.name),
+            0,
+        );
+        for t in m.tenants.values() {
+            for net in &node.pod_cidrs {
+                out.flows.push(
+                    F::new(T_ROUTE, 100, c)
+                        .ip()
+                        .m(REG_TENANT, u64::from(t.vlan))
+                        .mm(REG_FLAGS, 0, FLAG_FROM_TUNNEL)
+                        .net(Field::NwDst, *net)
+                        .a(Action::SetDlSrc(cfg.gateway_mac))
+                        .a(Action::SetTunnel(u64::from(t.vlan)))
+                        .a(Action::SetField {
+                            field: Field::TunDst,
+                            value: u64::from(u32::from(ip)),
+                            mask: 0xffff_ffff,
+                        })
+                        .load(REG_OUT, u64::from(tun))
+                        .goto(T_COMMIT)
+                        .done(),
+                );
+            }
+        }
+    }
+    finish(out)
+}
+
+/// A local pod: spoof guard, ARP, delivery and output. A remote pod whose IP
+/// lies outside its node's pod CIDRs (a static IP) gets a host route.
+pub(super) fn pod(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) -> UnitOutput {
+    let cfg = input.cfg;
+    let mut out = UnitOutput::default();
+    let key = (ns.to_string(), name.to_string());
+    let Some(p) = input.model.pods.get(&key) else {
+        return out;
+    };
+    let r = ObjectRef::new(Kind::Pod, ns, name);
+    let v = u64::from(p.vlan);
+    if p.node != cfg.node {
+        let Some(node) = input.model.nodes.get(&p.node) else {
+            return out;
+        };
+        let (Some(tun), Some(nip)) = (cfg.tunnel_port, node.ip) else {
+            return out;
+        };
+        if node.pod_cidrs.iter().any(|n| n.contains(&p.ip)) {
+            return out;
+        }
+        let c = ids.cookie(CookieKind::Pod, &r, 0);
+        out.flows.push(
+            F::new(T_ROUTE, 150, c)
+                .ip()
+                .m(REG_TENANT, v)
+                .mm(REG_FLAGS, 0, FLAG_FROM_TUNNEL)
+                .addr(Field::NwDst, p.ip)
+                .a(Action::SetDlSrc(cfg.gateway_mac))
+                .a(Action::SetTunnel(v))
+                .a(Action::SetField {
+                    field: Field::TunDst,
+                    value: u64::from(u32::from(nip)),
+                    mask: 0xffff_ffff,
+                })
+                .load(REG_OUT, u64::from(tun))
+                .goto(T_COMMIT)
+                .done(),
+        );
+        return finish(out);
+    }
+    let Some(&port) = input.ports.get(&key) else {
+        // Not attached yet (no CNI record / interface): nothing to wire.
+        return out;
+    };
+    let c = ids.cookie(CookieKind::Pod, &r, 0);
+    let spoof = ids.cookie(CookieKind::Pod, &r, 1);
+    let f = &mut out.flows;
+    let port64 = u64::from(port);
+    f.push(
+        F::new(T_CLASSIFY, 200, c)
+            .m(Field::InPort, port64)
+            .mac(Field::DlSrc, p.mac)
+            .ip()
+            .addr(Field::NwSrc, p.ip)
+            .load(REG_TENANT, v)
+            .goto(T_CT)
+            .done(),
+    );
+    f.push(
+        F::new(T_CLASSIFY, 200, c)
+            .m(Field::InPort, port64)
+            .mac(Field::DlSrc, p.mac)
+            .arp()
+            .addr(Field::ArpSpa, p.ip)
+            .load(REG_TENANT, v)
+            .goto(T_ARP)
+            .done(),
+    );
+    // Spoof guard: anything else from this port.
+    f.push(
+        F::new(T_CLASSIFY, 100, spoof)
+            .m(Field::InPort, port64)
+            .done(),
+    );
+    // Never answer a pod's ARP for its own address (duplicate detection).
+    f.push(
+        F::new(T_ARP, 110, c)
+            .arp()
+            .m(Field::InPort, port64)
+            .addr(Field::ArpTpa, p.ip)
+            .done(),
+    );
+    f.push(
+        F::new(T_ROUTE, 200, c)
+            .ip()
+            .m(REG_TENANT, v)
+            .addr(Field::NwDst, p.ip)
+            .a(Action::SetDlSrc(cfg.gateway_mac))
+            .a(Action::SetDlDst(p.mac))
+            .load(REG_OUT, port64)
+            .goto(T_INGRESS)
+            .done(),
+    );
+    f.push(
+        F::new(T_OUTPUT, 100, c)
+            .m(REG_OUT, port64)
+            .a(Action::Output(port))
+            .done(),
+    );
+    finish(out)
+}
