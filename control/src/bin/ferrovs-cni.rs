@@ -81,6 +81,16 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> CniError {
     }
 }
 
+/// `PATH` for the tools: the runtime's `PATH` (which may be empty or lack
+/// the `sbin` directories) followed by the usual system directories.
+fn tool_path() -> String {
+    const SYSTEM: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    match std::env::var("PATH") {
+        Ok(p) if !p.is_empty() => format!("{p}:{SYSTEM}"),
+        _ => SYSTEM.to_string(),
+    }
+}
+
 /// Runs a command; its stdout, or an error naming it with its stderr.
 fn sh(args: &[&str]) -> Result<String, CniError> {
     let cmd = args.join(" ");
@@ -90,6 +100,7 @@ fn sh(args: &[&str]) -> Result<String, CniError> {
     })?;
     let out = Process::new(prog)
         .args(rest)
+        .env("PATH", tool_path())
         .stdin(Stdio::null())
         .output()
         .map_err(io_error(format!("`{cmd}`: cannot start")))?;
