@@ -14,6 +14,8 @@
 //! The flow compiler, the Kubernetes watcher and the daemon come later.
 #![forbid(unsafe_code)]
 
+pub mod attach;
+pub mod cni;
 pub mod compile;
 pub mod manifests;
 pub mod model;

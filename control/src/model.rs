@@ -143,11 +143,7 @@ impl PodInfo {
     }
 }
 
-/// The MAC the CNI plugin gives a pod with address `ip`: `0a:58:` + the IP.
-pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
-}
+pub use crate::attach::pod_mac;
 
 /// The resolved view.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -424,15 +420,7 @@ impl Model {
 
 /// Parses `aa:bb:cc:dd:ee:ff` (unicast only).
 pub fn parse_mac(t: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = t.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    if parts.next().is_some() || mac[0] & 1 == 1 {
-        return None;
-    }
-    Some(mac)
+    crate::attach::parse_mac(t).filter(|m| m[0] & 1 == 0)
 }
 
 fn fnv1a(b: &[u8]) -> u32 {
@@ -575,7 +563,7 @@ mod tests {
             json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p2","namespace":"ns",
                    "annotations":{"ferrovs.io/ip":"10.244.1.9","ferrovs.io/mac":"02:00:00:00:00:09"}},
                    "spec":{"nodeName":"a","containers":[]}}),
-            json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"dup","namespace":"ns"},
+            json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"z-dup","namespace":"ns"},
                    "spec":{"nodeName":"a","containers":[]},"status":{"podIP":"10.244.1.5"}}),
             json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"host","namespace":"ns"},
                    "spec":{"hostNetwork":true,"containers":[]},"status":{"podIP":"192.168.0.1"}}),
@@ -598,7 +586,7 @@ mod tests {
             .any(|t| t.contains("Pod ns/badmac") && t.contains("ferrovs.io/mac")));
         assert!(text
             .iter()
-            .any(|t| t.contains("Pod ns/dup") && t.contains("already used")));
+            .any(|t| t.contains("Pod ns/z-dup") && t.contains("already used")));
     }
 
     #[test]
