@@ -41,8 +41,6 @@ const ICMP_DST_UNREACHABLE: u8 = 3;
 const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// Length of the ICMP error header (type, code, checksum, unused).
 const ICMP_ERR_HLEN: usize = 8;
-/// TCP flag bits in the flags byte.
-const TCP_RST: u8 = 0x04;
 
 /// Writes the reply of `kind` to `frame` (whose headers `layout`
 /// describes) into `out` and returns its length, or `None` if the packet
@@ -147,7 +145,7 @@ fn reject(frame: &[u8], layout: &Layout, out: &mut [u8]) -> Option<usize> {
     match layout.l4_kind {
         L4Kind::Tcp => {
             let tcp = TcpPacket::new_checked(seg).ok()?;
-            if layout.fragment || tcp.rst() || layout.tcp_flags & TCP_RST != 0 {
+            if layout.fragment || tcp.rst() {
                 return None;
             }
             let data = seg.len().checked_sub(tcp.header_len() as usize)?;
