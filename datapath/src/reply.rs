@@ -9,7 +9,8 @@
 //! the source is the answered MAC), the 802.1Q tag of the packet kept, and
 //! for `reject` the IP source (and TCP port) is the packet's destination,
 //! so a refused connection to a Service address looks refused by that
-//! address. As RFC 1122 3.2.2 asks, nothing answers an ICMP error, a TCP
+//! address. ICMP errors quote the offending packet's IPv4 header and as
+//! much of its payload as fits in 576 bytes. As RFC 1122 3.2.2 asks, nothing answers an ICMP error, a TCP
 //! RST, a later fragment, or a packet to or from a broadcast or multicast
 //! address.
 
@@ -27,19 +28,19 @@ use crate::extract::{L3Kind, L4Kind, Layout, ETH_HLEN, VLAN_HLEN};
 
 /// TTL of the IPv4 replies.
 pub const REPLY_TTL: u8 = 64;
-/// Longest reply: Ethernet, 802.1Q tag, IPv4, ICMP header, and the quoted
-/// IPv4 header (up to 60 bytes) with 8 bytes of its payload.
-pub const MAX_REPLY: usize = ETH_HLEN + VLAN_HLEN + 20 + 8 + 60 + 8;
-/// Bytes of the offending packet's payload quoted after its IPv4 header in
-/// ICMP errors (RFC 792).
-const QUOTE_PAYLOAD: usize = 8;
+/// Longest IPv4 packet of an ICMP error (RFC 1812 4.3.2.3): as much of
+/// the offending packet is quoted as fits, as Linux does. That is always
+/// more than the IPv4 header and 8 bytes RFC 792 asks for, and some
+/// stacks (smoltcp) relate an error to a UDP socket only when they can
+/// check the whole quoted datagram.
+pub const ICMP_ERR_MAX: usize = 576;
+/// Longest reply: Ethernet, 802.1Q tag and the largest ICMP error.
+pub const MAX_REPLY: usize = ETH_HLEN + VLAN_HLEN + ICMP_ERR_MAX;
 /// ICMP type of destination unreachable, and the port unreachable code.
 const ICMP_DST_UNREACHABLE: u8 = 3;
 const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// Length of the ICMP error header (type, code, checksum, unused).
 const ICMP_ERR_HLEN: usize = 8;
-/// TCP flag bits in the flags byte.
-const TCP_RST: u8 = 0x04;
 
 /// Writes the reply of `kind` to `frame` (whose headers `layout`
 /// describes) into `out` and returns its length, or `None` if the packet
@@ -144,7 +145,7 @@ fn reject(frame: &[u8], layout: &Layout, out: &mut [u8]) -> Option<usize> {
     match layout.l4_kind {
         L4Kind::Tcp => {
             let tcp = TcpPacket::new_checked(seg).ok()?;
-            if layout.fragment || tcp.rst() || layout.tcp_flags & TCP_RST != 0 {
+            if layout.fragment || tcp.rst() {
                 return None;
             }
             let data = seg.len().checked_sub(tcp.header_len() as usize)?;
@@ -198,8 +199,8 @@ fn reject(frame: &[u8], layout: &Layout, out: &mut [u8]) -> Option<usize> {
                     return None;
                 }
             }
-            let ihl = layout.ip_hdr_len as usize;
-            let quote = frame.get(l3..(l3 + ihl + QUOTE_PAYLOAD).min(ip_end))?;
+            let room = ICMP_ERR_MAX - 20 - ICMP_ERR_HLEN;
+            let quote = frame.get(l3..ip_end.min(l3 + room))?;
             let ipr = Ipv4Repr {
                 src_addr: dst,
                 dst_addr: src,
@@ -399,18 +400,34 @@ mod tests {
     fn reject_udp_with_port_unreachable() {
         let req = udp_frame();
         let r = run(ReplyKind::Reject, &req).unwrap();
-        assert_eq!(r.len(), 14 + 20 + 8 + 28);
+        assert_eq!(r.len(), 14 + 20 + 8 + 40);
         assert_eq!(&r[..14], &[2, 0, 0, 0, 0, 5, 2, 0xfe, 0, 0, 0, 1, 8, 0]);
         let ip = &r[14..34];
-        assert_eq!(&ip[2..4], &[0, 56]);
+        assert_eq!(&ip[2..4], &[0, 68]);
         assert_eq!((ip[8], ip[9]), (REPLY_TTL, 1));
         assert_eq!(&ip[12..20], &[10, 96, 0, 10, 10, 244, 1, 5]);
         assert_eq!(csum(ip), 0);
         let icmp = &r[34..];
         assert_eq!(&icmp[..2], &[3, 3], "destination unreachable, port");
         assert_eq!(&icmp[4..8], &[0, 0, 0, 0]);
-        assert_eq!(&icmp[8..], &req[14..14 + 28], "header + 8 bytes, verbatim");
+        assert_eq!(&icmp[8..], &req[14..], "the whole datagram, verbatim");
         assert_eq!(csum(icmp), 0, "ICMP checksum");
+        // A long datagram is cut so the error is 576 bytes; Ethernet
+        // padding is never quoted.
+        let mut long = req.clone();
+        long.truncate(42);
+        long[16..18].copy_from_slice(&1028u16.to_be_bytes());
+        long[38..40].copy_from_slice(&1008u16.to_be_bytes());
+        long.extend((0..1000).map(|i| i as u8));
+        let r = run(ReplyKind::Reject, &long).unwrap();
+        assert_eq!(r.len(), 14 + 576);
+        assert_eq!(&r[16..18], &576u16.to_be_bytes());
+        assert_eq!(&r[42..], &long[14..14 + 548]);
+        assert_eq!(csum(&r[34..]), 0);
+        let mut padded = req.clone();
+        padded.extend_from_slice(&[0xee; 6]);
+        let r = run(ReplyKind::Reject, &padded).unwrap();
+        assert_eq!(&r[42..], &req[14..]);
     }
 
     #[test]
@@ -446,7 +463,7 @@ mod tests {
         f[17] = 44;
         f.splice(34..34, [1, 1, 1, 0]);
         let r = run(ReplyKind::Reject, &f).unwrap();
-        assert_eq!(&r[42..], &f[14..14 + 24 + 8]);
+        assert_eq!(&r[42..], &f[14..]);
         assert_eq!(csum(&r[34..]), 0);
     }
 }

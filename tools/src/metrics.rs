@@ -111,6 +111,12 @@ impl Collector for SwitchCollector {
         )?;
         counter_family(
             &mut enc,
+            "ferrovs_replies_sent",
+            "Frames the switch answered with (arp_reply, reject)",
+            &[(vec![], sum(|t| &t.replies_sent))],
+        )?;
+        counter_family(
+            &mut enc,
             "ferrovs_packets",
             "Packets processed by poll threads",
             &[(vec![], sum(|t| &t.packets))],

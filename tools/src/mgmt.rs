@@ -168,7 +168,7 @@ trace [--ct-next=est,rpl] PACKET  e.g. in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.0
                               (follows conntrack recirculation, as a new connection by default)
 dump-conntrack
 fdb-show
-stats                         datapath counters (cache, upcalls, drops by reason)";
+stats                         datapath counters (cache, upcalls, replies, drops by reason)";
 
 impl Daemon {
     /// Wraps a started switch.
@@ -667,8 +667,8 @@ impl Daemon {
     fn stats_text(&self) -> String {
         let s = self.switch.stats();
         let mut out = format!(
-            "packets: {}\nflow cache: hits={} misses={}\nupcalls: {}\ncontroller punts: {}\nidle sleeps: {}\nconntrack entries: {}\ndrops:\n",
-            s.packets, s.emc_hits, s.emc_misses, s.upcalls, s.controller, s.sleeps, s.conntrack
+            "packets: {}\nflow cache: hits={} misses={}\nupcalls: {}\ncontroller punts: {}\nreplies sent: {}\nidle sleeps: {}\nconntrack entries: {}\ndrops:\n",
+            s.packets, s.emc_hits, s.emc_misses, s.upcalls, s.controller, s.replies_sent, s.sleeps, s.conntrack
         );
         for (name, n) in s.drops {
             out.push_str(&format!("  {name}: {n}\n"));
