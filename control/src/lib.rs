@@ -19,6 +19,7 @@ pub mod cni;
 pub mod compile;
 pub mod manifests;
 pub mod model;
+pub mod sim;
 pub mod snapshot;
 
 pub use manifests::{load, load_dir, Loaded, Loader, ManifestError, Problem, Severity};

@@ -426,23 +426,25 @@ impl Compiler {
         for u in self.units.values() {
             for f in &u.flows {
                 live.insert(f.cookie & COOKIE_OBJECT_MASK);
+                if detail_text(f.cookie).is_some() {
+                    live.insert(f.cookie);
+                }
             }
         }
         self.names.retain(|c, _| live.contains(c));
-        let objects: Vec<(ObjectRef, u32)> = self
+        let objects: BTreeMap<u32, ObjectRef> = self
             .ids
             .objects
             .ids
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (*v, k.clone()))
             .collect();
         for c in live {
             if self.names.contains_key(&c) {
                 continue;
             }
-            let kind = CookieKind::from_cookie(c);
             let id = ((c >> 32) & 0xff_ffff) as u32;
-            let name = match kind {
+            let object = match CookieKind::from_cookie(c) {
                 Some(CookieKind::Infra) => "ferrovs-agent pipeline".to_string(),
                 Some(CookieKind::Tenant) => {
                     let t = self
@@ -455,10 +457,13 @@ impl Compiler {
                     format!("Tenant {t} (VLAN {id})")
                 }
                 _ => objects
-                    .iter()
-                    .find(|(_, v)| *v == id)
-                    .map(|(k, _)| k.to_string())
+                    .get(&id)
+                    .map(|k| k.to_string())
                     .unwrap_or_else(|| format!("object {id}")),
+            };
+            let name = match detail_text(c) {
+                Some(d) if c & !COOKIE_OBJECT_MASK != 0 => format!("{object} {d}"),
+                _ => object,
             };
             delta.names.push((c, name.clone()));
             self.names.insert(c, name);
@@ -505,6 +510,32 @@ impl Compiler {
                     .is_some_and(|k| !matches!(k, CookieKind::Infra | CookieKind::Tenant))
         })?;
         Some(*c)
+    }
+}
+
+/// What the detail part of a cookie means, for names: `None` when the
+/// object's name says it all.
+fn detail_text(cookie: u64) -> Option<String> {
+    let d = (cookie & 0xffff_ffff) as u32;
+    match CookieKind::from_cookie(cookie)? {
+        CookieKind::Pod if d == 1 => Some("spoof guard".into()),
+        CookieKind::Service if d > 0 => Some(format!("port #{}", d - 1)),
+        CookieKind::Policy => {
+            let dir = if d & policy::DETAIL_EGRESS != 0 {
+                "egress"
+            } else {
+                "ingress"
+            };
+            let rule = d & 0xffff;
+            if rule == policy::DETAIL_ISOLATION {
+                Some(format!("{dir} isolation (default deny)"))
+            } else if rule > 0 {
+                Some(format!("{dir} rule #{}", rule - 1))
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 

@@ -399,7 +399,7 @@ fn compile_policy(
                     });
                 }
             }
-            let detail = ri as u32 | if egress { DETAIL_EGRESS } else { 0 };
+            let detail = (ri as u32 + 1) | if egress { DETAIL_EGRESS } else { 0 };
             let cookie = ids.cookie(CookieKind::Policy, &r, detail);
             for (part_no, part) in parts.into_iter().enumerate() {
                 emit_part(

@@ -124,7 +124,7 @@ pub(super) fn service(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) ->
             continue;
         };
         let eps = endpoints(input, svc, sp, pi, &proto_name, &r, &mut out.issues);
-        let c = ids.cookie(CookieKind::Service, &r, pi as u32);
+        let c = ids.cookie(CookieKind::Service, &r, pi as u32 + 1);
         let all = target(
             ids,
             ns,
