@@ -14,6 +14,7 @@
 //! The flow compiler, the Kubernetes watcher and the daemon come later.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod attach;
 pub mod cni;
 pub mod compile;

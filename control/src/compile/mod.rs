@@ -606,6 +606,18 @@ pub fn bundle_text(delta: &Delta) -> String {
     s
 }
 
+/// The whole compiled state as `bundle --replace` text: every name, group
+/// and flow.
+pub fn full_bundle_text(c: &Compiler) -> String {
+    let mut d = Delta {
+        names: c.cookie_names().iter().map(|(k, v)| (*k, v.clone())).collect(),
+        ..Delta::default()
+    };
+    d.mods.extend(c.groups().cloned().map(FlowMod::AddGroup));
+    d.mods.extend(c.flows().cloned().map(FlowMod::Add));
+    bundle_text(&d)
+}
+
 /// Dedupes by identity inside one unit (a later flow with the same table,
 /// priority and match replaces the earlier one) and sorts for stable output.
 pub(crate) fn finish(mut out: UnitOutput) -> UnitOutput {
