@@ -14,6 +14,10 @@
 //! produce an event: while the API server is away the agent keeps the state it
 //! has, and a half-finished list is dropped rather than sent as a `Resync`.
 //!
+//! The agent's ServiceAccount needs `list` and `watch` on nodes, namespaces,
+//! pods, services, `discovery.k8s.io` endpointslices and `networking.k8s.io`
+//! networkpolicies, cluster-wide.
+//!
 //! [`apply_event`] is the pure half: it folds an event into a
 //! [`ClusterSnapshot`] and says which objects changed, so the flow compiler can
 //! recompile only what it must. [`client_from_env`] builds the client from a
@@ -274,12 +278,27 @@ where
 }
 
 fn log_error(kind: Kind, err: &watcher::Error) {
+    let forbidden = match err {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => {
+            matches!(e, kube::Error::Api(status) if status.is_forbidden())
+        }
+        watcher::Error::WatchError(status) => status.is_forbidden(),
+        watcher::Error::NoResourceVersion => false,
+    };
     match err {
         // The API server compacted past our resourceVersion: routine, a
         // re-list follows.
         watcher::Error::WatchError(status) if status.code == 410 => {
-            tracing::info!(%kind, error = %err, "watch expired, re-listing");
+            tracing::info!(%kind, error = %err, "watch of {kind} expired, re-listing");
         }
+        _ if forbidden => tracing::warn!(
+            %kind,
+            error = %err,
+            "watching {kind} is forbidden: the agent's ServiceAccount needs get, list and \
+             watch on {kind} in all namespaces; retrying with back-off"
+        ),
         _ => tracing::warn!(%kind, error = %err, "watching {kind} failed, retrying with back-off"),
     }
 }
@@ -824,6 +843,28 @@ mod tests {
                 )]),
             ),
             (
+                // RBAC not granted yet: retried until it is.
+                (Kind::EndpointSlice, false),
+                VecDeque::from([
+                    Reply::Json(
+                        StatusCode::FORBIDDEN,
+                        status(
+                            403,
+                            "Forbidden",
+                            "endpointslices.discovery.k8s.io is forbidden",
+                        ),
+                    ),
+                    Reply::Json(
+                        StatusCode::FORBIDDEN,
+                        status(
+                            403,
+                            "Forbidden",
+                            "endpointslices.discovery.k8s.io is forbidden",
+                        ),
+                    ),
+                ]),
+            ),
+            (
                 (Kind::Service, true),
                 VecDeque::from([
                     Reply::ConnectionRefused,
@@ -892,6 +933,17 @@ mod tests {
         );
         // Retries waited (kube's back-off starts at 0.8 s and doubles).
         assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+
+        // Two 403s, then the (default, empty) list: one Resync.
+        assert_eq!(
+            events.next(Kind::EndpointSlice).await,
+            WatchEvent::Resync {
+                kind: Kind::EndpointSlice,
+                objects: vec![]
+            }
+        );
+        let lists = seen_of(&seen, Kind::EndpointSlice);
+        assert_eq!(lists.iter().filter(|(w, _)| !w).count(), 3, "{lists:?}");
 
         // Nothing else happened to pods or services.
         for kind in [Kind::Pod, Kind::Service] {
