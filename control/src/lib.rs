@@ -10,6 +10,8 @@
 //! - [`manifests`]: [`load_dir`] reads a directory of YAML/JSON manifests
 //!   (multi-document files, `kind: List`, `PodList`, ...) into a snapshot,
 //!   reporting each bad object as a [`ManifestError`] and loading the rest.
+//! - [`watch`]: [`watch_cluster`] follows a live API server (`kube` watchers)
+//!   as [`WatchEvent`]s; [`apply_event`] folds them into a snapshot.
 //!
 //! The flow compiler, the Kubernetes watcher and the daemon come later.
 #![forbid(unsafe_code)]
@@ -22,6 +24,8 @@ pub mod manifests;
 pub mod model;
 pub mod sim;
 pub mod snapshot;
+pub mod watch;
 
 pub use manifests::{load, load_dir, Loaded, Loader, ManifestError, Problem, Severity};
 pub use snapshot::{ClusterSnapshot, Kind, Object, ObjectRef};
+pub use watch::{apply_event, watch_cluster, WatchError, WatchEvent};
