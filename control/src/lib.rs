@@ -28,4 +28,7 @@ pub mod watch;
 
 pub use manifests::{load, load_dir, Loaded, Loader, ManifestError, Problem, Severity};
 pub use snapshot::{ClusterSnapshot, Kind, Object, ObjectRef};
-pub use watch::{apply_event, watch_cluster, WatchError, WatchEvent};
+pub use watch::{
+    apply_event, client_from_env, client_from_kubeconfig, watch_cluster, watch_kinds, WatchError,
+    WatchEvent,
+};

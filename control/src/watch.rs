@@ -514,12 +514,36 @@ mod tests {
         (Client::new(service, "default"), seen)
     }
 
+    /// A list response as the API server sends it: its items carry no
+    /// `kind` or `apiVersion`.
     fn list(kind: Kind, rv: &str, items: Vec<Value>) -> Value {
+        page(kind, rv, None, items)
+    }
+
+    /// One page of a list; `next` is the `continue` token of the next page.
+    fn page(kind: Kind, rv: &str, next: Option<&str>, mut items: Vec<Value>) -> Value {
+        for item in &mut items {
+            let obj = item.as_object_mut().unwrap();
+            obj.remove("kind");
+            obj.remove("apiVersion");
+        }
+        let mut metadata = json!({ "resourceVersion": rv });
+        if let Some(next) = next {
+            metadata["continue"] = json!(next);
+        }
         json!({
             "apiVersion": kind.api_version(),
             "kind": format!("{kind}List"),
-            "metadata": {"resourceVersion": rv},
+            "metadata": metadata,
             "items": items,
+        })
+    }
+
+    fn node_json(name: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "resourceVersion": "3"},
+            "spec": {"podCIDR": "10.244.0.0/24"},
         })
     }
 
@@ -1007,5 +1031,49 @@ users:
             .to_string();
         assert!(msg.contains(&missing.display().to_string()), "{msg}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paged_list_is_one_resync_and_a_list_failing_midway_sends_nothing() {
+        let ok = |v| Reply::Json(StatusCode::OK, v);
+        let script = HashMap::from([(
+            (Kind::Node, false),
+            VecDeque::from([
+                ok(page(Kind::Node, "7", Some("tok1"), vec![node_json("n1")])),
+                // The second page fails: the half list must not be sent.
+                Reply::Json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    status(500, "InternalError", "etcd leader changed"),
+                ),
+                // The retry starts over from the first page.
+                ok(page(Kind::Node, "8", Some("tok2"), vec![node_json("n1")])),
+                ok(page(Kind::Node, "8", Some("tok3"), vec![node_json("n2")])),
+                ok(page(Kind::Node, "8", None, vec![node_json("n3")])),
+            ]),
+        )]);
+        let (mut events, seen, task) = start(script);
+        let ev = events.next(Kind::Node).await;
+        assert_eq!(names(&ev), ["n1", "n2", "n3"]);
+        let nodes = seen_of(&seen, Kind::Node);
+        let conts: Vec<Option<&str>> = nodes
+            .iter()
+            .filter(|(w, _)| !w)
+            .map(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("continue=")))
+            .collect();
+        assert_eq!(
+            conts,
+            [None, Some("tok1"), None, Some("tok2"), Some("tok3")],
+            "{nodes:?}"
+        );
+        assert!(
+            nodes.iter().any(|(w, q)| *w && rv_of(q) == "8"),
+            "{nodes:?}"
+        );
+        assert!(events.pending.iter().all(|e| e.kind() != Kind::Node));
+        drop(events);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
