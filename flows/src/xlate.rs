@@ -607,7 +607,9 @@ fn lookup_conjunctive(
             }
         }
     }
-    (hard.map(|(_, e)| e.clone()), None)
+    let note = (want_note && !soft.is_empty())
+        .then(|| "conjunctive flows matched but no conjunction is complete".to_string());
+    (hard.map(|(_, e)| e.clone()), note)
 }
 
 /// The highest-priority non-conjunctive flow matching `key`.
