@@ -7,6 +7,11 @@
 //! they hold until they pick up the new one, so updates are hitless. Flow
 //! entries are shared between versions (`Arc`), so their counters survive
 //! edits that do not touch them.
+//!
+//! Tables are copy-on-write: a version holds `Arc<Table>`s, cloning a
+//! pipeline clones 255 pointers, and an edit copies only the tables it
+//! changes (`Arc::make_mut`), so one `add-flow` costs the size of its own
+//! table, not of the whole pipeline.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -303,7 +308,8 @@ pub struct Table {
 pub struct Pipeline {
     /// Incremented on every applied change; caches compare it.
     pub version: u64,
-    tables: Vec<Table>,
+    /// Copy-on-write: only go through [`Pipeline::table_mut`] to change one.
+    tables: Vec<Arc<Table>>,
     groups: BTreeMap<u32, Arc<Group>>,
     ports: Vec<PortInfo>,
 }
@@ -312,7 +318,7 @@ impl Default for Pipeline {
     fn default() -> Self {
         Pipeline {
             version: 0,
-            tables: (0..N_TABLES).map(|_| Table::default()).collect(),
+            tables: (0..N_TABLES).map(|_| Arc::new(Table::default())).collect(),
             groups: BTreeMap::new(),
             ports: Vec::new(),
         }
@@ -328,12 +334,39 @@ impl Pipeline {
     /// Table `id`.
     #[inline]
     pub fn table(&self, id: u8) -> Option<&Table> {
-        self.tables.get(id as usize)
+        self.tables.get(id as usize).map(|t| t.as_ref())
     }
 
     /// All tables, by id.
     pub fn tables(&self) -> impl Iterator<Item = (u8, &Table)> {
-        self.tables.iter().enumerate().map(|(i, t)| (i as u8, t))
+        self.tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u8, t.as_ref()))
+    }
+
+    /// Table `id` for writing: copied first if another version shares it.
+    fn table_mut(&mut self, id: u8) -> &mut Table {
+        Arc::make_mut(&mut self.tables[id as usize])
+    }
+
+    /// Removes the flows of every table for which `gone` is true, copying
+    /// only the tables that lose a flow; returns how many it removed.
+    fn remove_where(&mut self, only: Option<u8>, gone: impl Fn(&FlowEntry) -> bool) -> usize {
+        let mut n = 0;
+        for (i, t) in self.tables.iter_mut().enumerate() {
+            if only.is_some_and(|o| o as usize != i) {
+                continue;
+            }
+            if !t.cls.iter().any(|(_, _, e)| gone(e)) {
+                continue;
+            }
+            let t = Arc::make_mut(t);
+            let before = t.cls.len();
+            t.cls.retain(|_, _, e| !gone(e));
+            n += before - t.cls.len();
+        }
+        n
     }
 
     /// Group `id`.
@@ -420,7 +453,7 @@ impl Pipeline {
                     Arc::new(FlowStats::default()),
                 ));
                 entry.stats.last_used_ms.store(now_ms, Ordering::Relaxed);
-                self.tables[spec.table as usize]
+                self.table_mut(spec.table)
                     .cls
                     .insert(spec.m, spec.priority, entry);
                 sum.added += 1;
@@ -433,18 +466,14 @@ impl Pipeline {
                     let mut spec = v.spec.clone();
                     spec.actions = actions.clone();
                     let entry = Arc::new(FlowEntry::new(spec, v.created_ms, v.stats.clone()));
-                    self.tables[v.spec.table as usize]
+                    self.table_mut(v.spec.table)
                         .cls
                         .insert(v.spec.m, v.spec.priority, entry);
                     sum.modified += 1;
                 }
             }
             FlowMod::Delete(filter) => {
-                for t in &mut self.tables {
-                    let before = t.cls.len();
-                    t.cls.retain(|_, _, e| !filter.selects(&e.spec));
-                    sum.deleted += before - t.cls.len();
-                }
+                sum.deleted += self.remove_where(filter.table, |e| filter.selects(&e.spec));
             }
             FlowMod::AddGroup(g) => {
                 for b in &g.buckets {
@@ -459,14 +488,8 @@ impl Pipeline {
                 };
                 for id in ids {
                     // OVS deletes the flows that use a deleted group.
-                    let mut n = 0;
-                    for t in &mut self.tables {
-                        let before = t.cls.len();
-                        t.cls
-                            .retain(|_, _, e| !e.spec.actions.contains(&Action::Group(id)));
-                        n += before - t.cls.len();
-                    }
-                    sum.deleted += n;
+                    sum.deleted +=
+                        self.remove_where(None, |e| e.spec.actions.contains(&Action::Group(id)));
                     self.groups.remove(&id);
                 }
             }
@@ -550,20 +573,10 @@ impl Pipeline {
                         >= e.stats.last_used_ms.load(Ordering::Relaxed)
                             + s.idle_timeout as u64 * 1000)
         };
-        let any = self
-            .tables
-            .iter()
-            .any(|t| t.cls.iter().any(|(_, _, e)| expired(e)));
-        if !any {
-            return 0;
+        let n = self.remove_where(None, expired);
+        if n > 0 {
+            self.version += 1;
         }
-        let mut n = 0;
-        for t in &mut self.tables {
-            let before = t.cls.len();
-            t.cls.retain(|_, _, e| !expired(e));
-            n += before - t.cls.len();
-        }
-        self.version += 1;
         n
     }
 }
@@ -577,6 +590,16 @@ pub fn replace_flows(cur: &Pipeline, target: Pipeline) -> (Pipeline, ApplySummar
     next.version = cur.version + 1;
     let mut sum = ApplySummary::default();
     for (nt, ct) in next.tables.iter_mut().zip(cur.tables.iter()) {
+        if Arc::ptr_eq(nt, ct) {
+            continue;
+        }
+        if nt.cls.is_empty() && ct.cls.is_empty() {
+            // Nothing to compare: share the current (empty) table and its
+            // counters rather than copying anything.
+            *nt = ct.clone();
+            continue;
+        }
+        let nt = Arc::make_mut(nt);
         nt.stats = ct.stats.clone();
         let mut keep = Vec::new();
         for (m, prio, e) in nt.cls.iter() {
@@ -726,5 +749,98 @@ mod tests {
             p.apply(&[FlowMod::Add(a)], 0),
             Err(PipelineError::NoSuchGroup { group: 7, .. })
         ));
+    }
+
+    #[test]
+    fn edits_copy_only_the_tables_they_change() {
+        let mut p = Pipeline::new();
+        p.apply(
+            &[
+                FlowMod::Add(spec(0, 10, 1, 2)),
+                FlowMod::Add(spec(1, 10, 1, 2)),
+                FlowMod::Add(spec(2, 10, 1, 2)),
+            ],
+            0,
+        )
+        .unwrap();
+        let old = p.clone();
+        assert!((0..N_TABLES).all(|i| Arc::ptr_eq(&old.tables[i], &p.tables[i])));
+        p.apply(
+            &[
+                FlowMod::Add(spec(1, 20, 2, 3)),
+                FlowMod::Add(spec(1, 30, 3, 3)),
+            ],
+            0,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&old.tables[0], &p.tables[0]));
+        assert!(Arc::ptr_eq(&old.tables[2], &p.tables[2]));
+        assert!(!Arc::ptr_eq(&old.tables[1], &p.tables[1]));
+        assert_eq!(old.table(1).unwrap().cls.len(), 1);
+        assert_eq!(p.table(1).unwrap().cls.len(), 3);
+        // Counters are shared by the copies.
+        assert!(Arc::ptr_eq(
+            &old.table(1).unwrap().stats,
+            &p.table(1).unwrap().stats
+        ));
+        // A delete that selects nothing copies nothing; one that selects
+        // flows of table 2 copies table 2 only.
+        let old = p.clone();
+        let none = FlowFilter {
+            m: {
+                let mut m = Match::ANY;
+                m.set(crate::field::Field::InPort, 99);
+                m
+            },
+            ..FlowFilter::default()
+        };
+        assert_eq!(p.apply(&[FlowMod::Delete(none)], 0).unwrap().deleted, 0);
+        assert!((0..N_TABLES).all(|i| Arc::ptr_eq(&old.tables[i], &p.tables[i])));
+        let t2 = FlowFilter {
+            table: Some(2),
+            ..FlowFilter::default()
+        };
+        assert_eq!(p.apply(&[FlowMod::Delete(t2)], 0).unwrap().deleted, 1);
+        assert!(!Arc::ptr_eq(&old.tables[2], &p.tables[2]));
+        assert!((0..N_TABLES)
+            .filter(|&i| i != 2)
+            .all(|i| Arc::ptr_eq(&old.tables[i], &p.tables[i])));
+        assert_eq!(old.n_flows(), 5);
+        assert_eq!(p.n_flows(), 4);
+    }
+
+    #[test]
+    fn expire_copies_only_expiring_tables() {
+        let mut p = Pipeline::new();
+        let mut a = spec(3, 10, 1, 2);
+        a.hard_timeout = 1;
+        p.apply(&[FlowMod::Add(a), FlowMod::Add(spec(4, 10, 1, 2))], 0)
+            .unwrap();
+        let old = p.clone();
+        assert_eq!(p.expire(500), 0);
+        assert_eq!(p.version, old.version);
+        assert_eq!(p.expire(1000), 1);
+        assert_eq!(p.version, old.version + 1);
+        assert!(!Arc::ptr_eq(&old.tables[3], &p.tables[3]));
+        assert!(Arc::ptr_eq(&old.tables[4], &p.tables[4]));
+        assert_eq!(old.n_flows(), 2);
+    }
+
+    #[test]
+    fn replace_keeps_table_counters() {
+        let mut p = Pipeline::new();
+        p.apply(&[FlowMod::Add(spec(0, 10, 1, 2))], 0).unwrap();
+        let mut target = Pipeline::new();
+        target.apply(&[FlowMod::Add(spec(5, 10, 1, 2))], 0).unwrap();
+        let (next, sum) = replace_flows(&p, target);
+        assert_eq!((sum.added, sum.deleted), (1, 1));
+        for i in 0..N_TABLES {
+            assert!(
+                Arc::ptr_eq(&next.tables[i].stats, &p.tables[i].stats),
+                "table {i}"
+            );
+        }
+        assert_eq!(next.table(5).unwrap().cls.len(), 1);
+        assert_eq!(next.table(0).unwrap().cls.len(), 0);
     }
 }
