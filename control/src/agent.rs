@@ -81,8 +81,8 @@ impl Ferrovsd {
         BufReader::new(&s)
             .read_line(&mut answer)
             .map_err(sock_err)?;
-        let v: serde_json::Value = serde_json::from_str(&answer)
-            .map_err(|_| AgentError::Protocol(self.socket.clone()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|_| AgentError::Protocol(self.socket.clone()))?;
         if v["ok"].as_bool() == Some(true) {
             Ok(v["output"].as_str().unwrap_or("").to_string())
         } else {

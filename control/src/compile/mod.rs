@@ -610,7 +610,11 @@ pub fn bundle_text(delta: &Delta) -> String {
 /// and flow.
 pub fn full_bundle_text(c: &Compiler) -> String {
     let mut d = Delta {
-        names: c.cookie_names().iter().map(|(k, v)| (*k, v.clone())).collect(),
+        names: c
+            .cookie_names()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect(),
         ..Delta::default()
     };
     d.mods.extend(c.groups().cloned().map(FlowMod::AddGroup));
