@@ -3,6 +3,8 @@
 //! [`pipeline`] drives the datapath's [`datapath::worker::Engine`] by hand,
 //! batch by batch like the poll loop, for the criterion benchmark
 //! `benches/pipeline.rs` and the instruction counter `ferrovs-icount`.
+//! [`agent_scale`] builds the synthetic cluster of `ferrovs-agent-scale`.
 #![forbid(unsafe_code)]
 
+pub mod agent_scale;
 pub mod pipeline;

@@ -155,6 +155,12 @@ impl<K: Ord + Clone> IdAlloc<K> {
         id
     }
 
+    pub(crate) fn release(&mut self, k: &K) {
+        if let Some(id) = self.ids.remove(k) {
+            self.free.push(id);
+        }
+    }
+
     pub(crate) fn peek(&self, k: &K) -> Option<u32> {
         self.ids.get(k).copied()
     }
@@ -206,8 +212,11 @@ pub struct Compiler {
     /// EndpointSlice (namespace, name) -> Service name, to find the Service
     /// of a deleted slice.
     slice_owner: BTreeMap<(String, String), String>,
-    /// Cookie object part -> name, for everything currently compiled.
+    /// Cookie (object part, or with a meaningful detail) -> name, for
+    /// everything currently compiled.
     names: BTreeMap<u64, String>,
+    /// How many units use each named cookie.
+    cookie_refs: BTreeMap<u64, usize>,
 }
 
 impl Compiler {
@@ -224,6 +233,7 @@ impl Compiler {
             },
             slice_owner: BTreeMap::new(),
             names: BTreeMap::new(),
+            cookie_refs: BTreeMap::new(),
         }
     }
 
@@ -241,6 +251,23 @@ impl Compiler {
     /// output (all of it on the first call).
     pub fn full(&mut self, snap: &ClusterSnapshot, ports: &PodPorts) -> Delta {
         self.model = Model::build(snap);
+        self.slice_owner = snap
+            .endpoint_slices()
+            .filter_map(|s| {
+                let svc = s
+                    .metadata
+                    .labels
+                    .as_ref()?
+                    .get("kubernetes.io/service-name")?;
+                Some((
+                    (
+                        s.metadata.namespace.clone().unwrap_or_default(),
+                        s.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    svc.clone(),
+                ))
+            })
+            .collect();
         let mut want: BTreeSet<Unit> = BTreeSet::new();
         want.insert(Unit::Infra);
         want.insert(Unit::Network);
@@ -312,10 +339,11 @@ impl Compiler {
                             .and_then(|l| l.get("kubernetes.io/service-name").cloned()),
                         _ => None,
                     });
-                    if let Some(old) = self.slice_owner.get(&key) {
-                        units.insert(Unit::Service(r.namespace.clone(), old.clone()));
+                    if let Some(old) = self.slice_owner.remove(&key) {
+                        units.insert(Unit::Service(r.namespace.clone(), old));
                     }
                     if let Some(svc) = now {
+                        self.slice_owner.insert(key, svc.clone());
                         units.insert(Unit::Service(r.namespace.clone(), svc));
                     }
                 }
@@ -346,6 +374,8 @@ impl Compiler {
         let mut del_groups = Vec::new();
         let model = std::mem::take(&mut self.model);
         let cfg = self.cfg.clone();
+        let mut gone: Vec<ObjectRef> = Vec::new();
+        let sweep = units.contains(&Unit::Network) || units.contains(&Unit::Policies);
         for unit in units {
             let input = Input {
                 cfg: &cfg,
@@ -355,6 +385,19 @@ impl Compiler {
             };
             let new = self.compile_unit(&input, &unit);
             let old = self.units.remove(&unit).unwrap_or_default();
+            for c in named_cookies(&old) {
+                if let Some(n) = self.cookie_refs.get_mut(&c) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.cookie_refs.remove(&c);
+                        self.names.remove(&c);
+                    }
+                }
+            }
+            for c in named_cookies(&new) {
+                *self.cookie_refs.entry(c).or_insert(0) += 1;
+            }
+            gone.extend(unit_object(&unit).filter(|r| !snap.contains(r)));
             diff_unit(
                 &old,
                 &new,
@@ -372,23 +415,6 @@ impl Compiler {
             }
         }
         self.model = model;
-        self.slice_owner = snap
-            .endpoint_slices()
-            .filter_map(|s| {
-                let svc = s
-                    .metadata
-                    .labels
-                    .as_ref()?
-                    .get("kubernetes.io/service-name")?;
-                Some((
-                    (
-                        s.metadata.namespace.clone().unwrap_or_default(),
-                        s.metadata.name.clone().unwrap_or_default(),
-                    ),
-                    svc.clone(),
-                ))
-            })
-            .collect();
         delta
             .mods
             .extend(add_groups.into_iter().map(FlowMod::AddGroup));
@@ -407,7 +433,15 @@ impl Compiler {
                 .into_iter()
                 .map(|id| FlowMod::DeleteGroup(Some(id))),
         );
-        self.refresh_names(snap, &mut delta);
+        self.refresh_names(&mut delta);
+        // Forget ids of objects that are gone.
+        if sweep {
+            self.ids.objects.retain(|r| snap.contains(r));
+        } else {
+            for r in gone {
+                self.ids.objects.release(&r);
+            }
+        }
         delta
     }
 
@@ -421,17 +455,17 @@ impl Compiler {
         }
     }
 
-    fn refresh_names(&mut self, snap: &ClusterSnapshot, delta: &mut Delta) {
-        let mut live: BTreeSet<u64> = BTreeSet::new();
-        for u in self.units.values() {
-            for f in &u.flows {
-                live.insert(f.cookie & COOKIE_OBJECT_MASK);
-                if detail_text(f.cookie).is_some() {
-                    live.insert(f.cookie);
-                }
-            }
+    /// Names every cookie in use that has none yet.
+    fn refresh_names(&mut self, delta: &mut Delta) {
+        let fresh: Vec<u64> = self
+            .cookie_refs
+            .keys()
+            .filter(|c| !self.names.contains_key(c))
+            .copied()
+            .collect();
+        if fresh.is_empty() {
+            return;
         }
-        self.names.retain(|c, _| live.contains(c));
         let objects: BTreeMap<u32, ObjectRef> = self
             .ids
             .objects
@@ -439,10 +473,7 @@ impl Compiler {
             .iter()
             .map(|(k, v)| (*v, k.clone()))
             .collect();
-        for c in live {
-            if self.names.contains_key(&c) {
-                continue;
-            }
+        for c in fresh {
             let id = ((c >> 32) & 0xff_ffff) as u32;
             let object = match CookieKind::from_cookie(c) {
                 Some(CookieKind::Infra) => "ferrovs-agent pipeline".to_string(),
@@ -468,8 +499,6 @@ impl Compiler {
             delta.names.push((c, name.clone()));
             self.names.insert(c, name);
         }
-        // Forget ids of objects that are gone from the snapshot.
-        self.ids.objects.retain(|r| snap.contains(r));
     }
 
     /// Every flow currently compiled.
@@ -535,6 +564,28 @@ fn detail_text(cookie: u64) -> Option<String> {
                 None
             }
         }
+        _ => None,
+    }
+}
+
+/// The cookies of a unit's flows that get names: each object part, and
+/// each full cookie whose detail means something.
+fn named_cookies(u: &UnitOutput) -> BTreeSet<u64> {
+    let mut v = BTreeSet::new();
+    for f in &u.flows {
+        v.insert(f.cookie & COOKIE_OBJECT_MASK);
+        if detail_text(f.cookie).is_some() {
+            v.insert(f.cookie);
+        }
+    }
+    v
+}
+
+/// The object a unit compiles, for units of one object.
+fn unit_object(u: &Unit) -> Option<ObjectRef> {
+    match u {
+        Unit::Pod(ns, n) => Some(ObjectRef::new(Kind::Pod, ns, n)),
+        Unit::Service(ns, n) => Some(ObjectRef::new(Kind::Service, ns, n)),
         _ => None,
     }
 }
