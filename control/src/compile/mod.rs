@@ -130,6 +130,7 @@ impl Delta {
 #[derive(Clone, Debug)]
 pub(crate) struct IdAlloc<K: Ord> {
     ids: BTreeMap<K, u32>,
+    keys: BTreeMap<u32, K>,
     free: Vec<u32>,
     next: u32,
 }
@@ -138,6 +139,7 @@ impl<K: Ord + Clone> IdAlloc<K> {
     pub(crate) fn new(first: u32) -> Self {
         IdAlloc {
             ids: BTreeMap::new(),
+            keys: BTreeMap::new(),
             free: Vec::new(),
             next: first,
         }
@@ -152,11 +154,13 @@ impl<K: Ord + Clone> IdAlloc<K> {
             self.next - 1
         });
         self.ids.insert(k.clone(), id);
+        self.keys.insert(id, k.clone());
         id
     }
 
     pub(crate) fn release(&mut self, k: &K) {
         if let Some(id) = self.ids.remove(k) {
+            self.keys.remove(&id);
             self.free.push(id);
         }
     }
@@ -165,13 +169,16 @@ impl<K: Ord + Clone> IdAlloc<K> {
         self.ids.get(k).copied()
     }
 
+    /// The key holding `id`.
+    pub(crate) fn key(&self, id: u32) -> Option<&K> {
+        self.keys.get(&id)
+    }
+
     /// Releases every id whose key fails `keep`.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
         let gone: Vec<K> = self.ids.keys().filter(|k| !keep(k)).cloned().collect();
         for k in gone {
-            if let Some(id) = self.ids.remove(&k) {
-                self.free.push(id);
-            }
+            self.release(&k);
         }
     }
 }
@@ -375,6 +382,7 @@ impl Compiler {
         let model = std::mem::take(&mut self.model);
         let cfg = self.cfg.clone();
         let mut gone: Vec<ObjectRef> = Vec::new();
+        let mut fresh: Vec<u64> = Vec::new();
         let sweep = units.contains(&Unit::Network) || units.contains(&Unit::Policies);
         for unit in units {
             let input = Input {
@@ -385,6 +393,13 @@ impl Compiler {
             };
             let new = self.compile_unit(&input, &unit);
             let old = self.units.remove(&unit).unwrap_or_default();
+            for c in named_cookies(&new) {
+                let n = self.cookie_refs.entry(c).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    fresh.push(c);
+                }
+            }
             for c in named_cookies(&old) {
                 if let Some(n) = self.cookie_refs.get_mut(&c) {
                     *n -= 1;
@@ -393,9 +408,6 @@ impl Compiler {
                         self.names.remove(&c);
                     }
                 }
-            }
-            for c in named_cookies(&new) {
-                *self.cookie_refs.entry(c).or_insert(0) += 1;
             }
             gone.extend(unit_object(&unit).filter(|r| !snap.contains(r)));
             diff_unit(
@@ -433,7 +445,8 @@ impl Compiler {
                 .into_iter()
                 .map(|id| FlowMod::DeleteGroup(Some(id))),
         );
-        self.refresh_names(&mut delta);
+        fresh.retain(|c| self.cookie_refs.contains_key(c) && !self.names.contains_key(c));
+        self.name_cookies(fresh, &mut delta);
         // Forget ids of objects that are gone.
         if sweep {
             self.ids.objects.retain(|r| snap.contains(r));
@@ -455,24 +468,11 @@ impl Compiler {
         }
     }
 
-    /// Names every cookie in use that has none yet.
-    fn refresh_names(&mut self, delta: &mut Delta) {
-        let fresh: Vec<u64> = self
-            .cookie_refs
-            .keys()
-            .filter(|c| !self.names.contains_key(c))
-            .copied()
-            .collect();
+    /// Names cookies that came into use.
+    fn name_cookies(&mut self, fresh: Vec<u64>, delta: &mut Delta) {
         if fresh.is_empty() {
             return;
         }
-        let objects: BTreeMap<u32, ObjectRef> = self
-            .ids
-            .objects
-            .ids
-            .iter()
-            .map(|(k, v)| (*v, k.clone()))
-            .collect();
         for c in fresh {
             let id = ((c >> 32) & 0xff_ffff) as u32;
             let object = match CookieKind::from_cookie(c) {
@@ -487,8 +487,10 @@ impl Compiler {
                         .unwrap_or_default();
                     format!("Tenant {t} (VLAN {id})")
                 }
-                _ => objects
-                    .get(&id)
+                _ => self
+                    .ids
+                    .objects
+                    .key(id)
                     .map(|k| k.to_string())
                     .unwrap_or_else(|| format!("object {id}")),
             };
