@@ -1,0 +1,516 @@
+//! ferrovs-agent end to end with real traffic: one ferrovsd ("node-a"),
+//! pods in network namespaces joined by veth pairs whose host sides the
+//! agent adds as AF_XDP ports (named by the `ferrovs.io/interface`
+//! annotation), flows compiled from manifests in a temp directory. The
+//! pods talk TCP through the switch's gateway, Services, NetworkPolicies
+//! and tenants.
+//!
+//! Every test skips when not root. Namespaces and links are prefixed
+//! `fvt` and removed by guards, also when a test fails; ferrovsd is
+//! stopped first (so it detaches its XDP programs), then the servers, then
+//! the pods.
+// Tests may unwrap (project conventions).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Ferrovsd, Pod, TempDir};
+use control::agent::{load_manifests, Agent, AgentConfig, Round};
+use tests::{require_root, ChildGuard};
+
+/// The node and the pod network of the cluster.
+const NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
+"#;
+
+/// A TCP server on 8080: answers every connection with its name, closes.
+const SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    try:
+        c.sendall(sys.argv[1].encode())
+    except OSError:
+        pass
+    finally:
+        c.close()
+"#;
+
+/// `N` connections to `ADDR:PORT`, each with `TIMEOUT` seconds; one line
+/// per attempt: `ok <answer>`, `refused <seconds>`, `timeout <seconds>`
+/// or `error <message>`.
+const CONNECT: &str = r#"
+import socket, sys, time
+addr, port, n, tmo = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+for _ in range(n):
+    t = time.monotonic()
+    s = socket.socket()
+    s.settimeout(tmo)
+    try:
+        s.connect((addr, port))
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        print("ok", data.decode(errors="replace"))
+    except ConnectionRefusedError:
+        print("refused %.3f" % (time.monotonic() - t))
+    except socket.timeout:
+        print("timeout %.3f" % (time.monotonic() - t))
+    except OSError as e:
+        print("error", e)
+    finally:
+        s.close()
+    sys.stdout.flush()
+"#;
+
+/// What one connection attempt gave.
+#[derive(Clone, Debug, PartialEq)]
+enum Conn {
+    /// Connected; the server's answer (its pod name).
+    Ok(String),
+    /// Refused (RST) after this many seconds.
+    Refused(f64),
+    /// No answer within the timeout.
+    Timeout,
+    /// Anything else.
+    Error(String),
+}
+
+fn parse_conn(line: &str) -> Conn {
+    let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match kind {
+        "ok" => Conn::Ok(rest.to_string()),
+        "refused" => Conn::Refused(rest.parse().unwrap_or(f64::NAN)),
+        "timeout" => Conn::Timeout,
+        _ => Conn::Error(line.to_string()),
+    }
+}
+
+/// A pod of a test: Kubernetes name, namespace, last IP byte, `app` label.
+struct PodSpec {
+    name: &'static str,
+    namespace: &'static str,
+    host: u8,
+    app: &'static str,
+}
+
+fn spec(name: &'static str, namespace: &'static str, host: u8, app: &'static str) -> PodSpec {
+    PodSpec {
+        name,
+        namespace,
+        host,
+        app,
+    }
+}
+
+/// A running node: ferrovsd, the pods (each serving TCP 8080), the
+/// manifest directory and the agent. Field order is drop order.
+struct Cluster {
+    sw: Ferrovsd,
+    _servers: Vec<ChildGuard>,
+    pods: BTreeMap<&'static str, Pod>,
+    /// Pod manifest text by pod name.
+    manifests_of: BTreeMap<&'static str, String>,
+    agent: Agent,
+    dir: TempDir,
+    _cni: TempDir,
+}
+
+impl Cluster {
+    /// Starts ferrovsd (only a memory `vxlan0` port), creates the pods
+    /// with their servers, writes the node, `namespaces` (YAML) and pod
+    /// manifests, runs the agent's first round and waits until the first
+    /// pod reaches every other one.
+    fn new(namespaces: &str, specs: &[PodSpec]) -> Cluster {
+        let mut pods = BTreeMap::new();
+        let mut manifests_of = BTreeMap::new();
+        let mut servers = Vec::new();
+        for s in specs {
+            let ip = format!("10.244.1.{}", s.host);
+            let mac = format!("0a:58:0a:f4:01:{:02x}", s.host);
+            let prefix: String = format!("fvt{}", s.name.replace('-', ""));
+            let pod = Pod::new(&prefix, &format!("{ip}/24"), &mac);
+            pod.ns
+                .exec_ok(&["ip", "route", "add", "default", "via", "10.244.1.1"]);
+            servers.push(pod.ns.spawn(&["python3", "-c", SERVER, s.name]).unwrap());
+            manifests_of.insert(
+                s.name,
+                format!(
+                    "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{app: {}}}\n  annotations: {{ferrovs.io/interface: {}}}\nspec:\n  nodeName: node-a\n  containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]\nstatus: {{podIP: {ip}}}\n",
+                    s.name, s.namespace, s.app, pod.host
+                ),
+            );
+            pods.insert(s.name, pod);
+        }
+        let sw = Ferrovsd::start(
+            "fvtnode",
+            "[[port]]\nname = \"vxlan0\"\nofport = 100\ntype = \"memory\"\n",
+            None,
+        )
+        .unwrap();
+        let dir = TempDir::new("fvtman");
+        let cni = TempDir::new("fvtcni");
+        let agent = Agent::new(AgentConfig {
+            node: "node-a".into(),
+            socket: sw.socket.clone(),
+            cni_state: cni.0.clone(),
+            tunnel_port: "vxlan0".into(),
+            gateway_mac: [2, 0xfe, 0, 0, 0, 1],
+            port_args: vec![],
+        });
+        let mut c = Cluster {
+            sw,
+            _servers: servers,
+            pods,
+            manifests_of,
+            agent,
+            dir,
+            _cni: cni,
+        };
+        c.write("00-cluster.yaml", &format!("{NODE}---\n{namespaces}"));
+        c.write_pods(&specs.iter().map(|s| s.name).collect::<Vec<_>>());
+        let r = c.reload();
+        assert!(r.full, "{r:?}");
+        assert_eq!(r.ports_added, specs.len(), "{r:?}");
+        for p in c.pods.values() {
+            assert!(
+                common::wait_listen(&p.ns, 8080),
+                "server in {}",
+                p.ns.name()
+            );
+        }
+        c
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        &self.pods[name]
+    }
+
+    fn ip(&self, name: &str) -> String {
+        self.pod(name).ip.clone()
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.0.join(file), text).unwrap();
+    }
+
+    fn remove(&self, file: &str) {
+        std::fs::remove_file(self.dir.0.join(file)).unwrap();
+    }
+
+    /// Writes `10-pods.yaml` with the manifests of `names`.
+    fn write_pods(&self, names: &[&str]) {
+        let text: String = names.iter().map(|n| self.manifests_of[n].clone()).collect();
+        self.write("10-pods.yaml", &text);
+    }
+
+    /// Re-reads the manifests and runs one agent round.
+    fn reload(&mut self) -> Round {
+        let snap = load_manifests(&self.dir.0).unwrap();
+        let changed = self.agent.set_snapshot(snap);
+        self.agent.round(changed).unwrap()
+    }
+
+    /// `n` connections from pod `from` to `addr:port`, `timeout` each.
+    fn connect_n(&self, from: &str, addr: &str, port: u16, n: u32, timeout: f64) -> Vec<Conn> {
+        let wall = Duration::from_secs_f64(f64::from(n) * (timeout + 1.0) + 10.0);
+        let args = [
+            "ip",
+            "netns",
+            "exec",
+            self.pod(from).ns.name(),
+            "python3",
+            "-c",
+            CONNECT,
+            addr,
+            &port.to_string(),
+            &n.to_string(),
+            &timeout.to_string(),
+        ];
+        let out = tests::run_timeout(std::process::Command::new(args[0]).args(&args[1..]), wall)
+            .unwrap_or_else(|e| panic!("{from} -> {addr}:{port}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{from} -> {addr}:{port}: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines().map(parse_conn).collect()
+    }
+
+    /// One connection attempt.
+    fn connect(&self, from: &str, addr: &str, port: u16, timeout: f64) -> Conn {
+        self.connect_n(from, addr, port, 1, timeout)
+            .pop()
+            .unwrap_or(Conn::Error("no output".into()))
+    }
+
+    /// Retries connecting (1 s each) until it succeeds or `within` passes;
+    /// the answer.
+    fn connect_until(&self, from: &str, addr: &str, port: u16, within: Duration) -> Conn {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.connect(from, addr, port, 1.0);
+            if matches!(c, Conn::Ok(_)) || Instant::now() > deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Panics with the switch's flows and conntrack table.
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{what}\n--- flows ---\n{}\n--- groups ---\n{}\n--- conntrack ---\n{}",
+            self.sw.ctl(&["dump-flows"]).unwrap_or_default(),
+            self.sw.ctl(&["dump-groups"]).unwrap_or_default(),
+            self.sw.ctl(&["dump-conntrack"]).unwrap_or_default()
+        )
+    }
+
+    /// Asserts that `from` reaches pod `to` on 8080 and gets its name.
+    fn assert_reaches(&self, from: &str, to: &str) {
+        let got = self.connect(from, &self.ip(to), 8080, 2.0);
+        if got != Conn::Ok(to.to_string()) {
+            self.fail(&format!("{from} -> {to}:8080 gave {got:?}"));
+        }
+    }
+
+    /// Asserts that a connection from `from` to pod `to` gets no answer.
+    fn assert_blocked(&self, from: &str, to: &str) {
+        let got = self.connect(from, &self.ip(to), 8080, 1.5);
+        if got != Conn::Timeout {
+            self.fail(&format!("{from} -> {to}:8080 must time out, gave {got:?}"));
+        }
+    }
+}
+
+const SHOP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+
+const POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-client, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080}]
+"#;
+
+#[test]
+fn agent_policy_real_traffic() {
+    if !require_root() {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut c = Cluster::new(
+        SHOP,
+        &[
+            spec("client", "shop", 20, "client"),
+            spec("web", "shop", 10, "web"),
+            spec("other", "shop", 30, "other"),
+        ],
+    );
+    let first = c.connect_until("client", &c.ip("web"), 8080, Duration::from_secs(10));
+    if first != Conn::Ok("web".into()) {
+        c.fail(&format!("client -> web before any policy: {first:?}"));
+    }
+    println!("ready after {:?}", t0.elapsed());
+    // No policy: everybody reaches everybody.
+    c.assert_reaches("other", "web");
+    c.assert_reaches("web", "other");
+    c.assert_reaches("other", "client");
+
+    // web isolated for ingress, only client may connect to 8080.
+    c.write("30-policy.yaml", POLICY);
+    let r = c.reload();
+    assert!(!r.full && r.changed == 1, "{r:?}");
+    c.assert_reaches("client", "web");
+    c.assert_blocked("other", "web");
+    // Egress of web is not isolated; other's answer comes back as a reply.
+    c.assert_reaches("web", "other");
+    c.assert_reaches("other", "client");
+    // Through the Service the policy applies after DNAT: client in, other
+    // not, not even with its SYN retransmitted to the committed connection.
+    c.write("20-services.yaml", SERVICES);
+    c.reload();
+    let got = c.connect("client", "10.96.0.10", 80, 2.0);
+    if got != Conn::Ok("web".into()) {
+        c.fail(&format!("client -> Service: {got:?}"));
+    }
+    let got = c.connect("other", "10.96.0.10", 80, 3.5);
+    if got != Conn::Timeout {
+        c.fail(&format!("other -> Service must time out, gave {got:?}"));
+    }
+    let pf = c.sw.ctl_ok(&["dump-flows", "object=shop/web-from-client"]);
+    let isolation = pf
+        .lines()
+        .find(|l| l.contains("priority=100"))
+        .unwrap_or_else(|| panic!("no isolation flow:\n{pf}"));
+    let dropped = common::n_packets(isolation).unwrap();
+    assert!(dropped >= 1, "{pf}");
+
+    // Policy deleted: other connects again.
+    c.remove("30-policy.yaml");
+    let r = c.reload();
+    assert_eq!(r.changed, 1, "{r:?}");
+    c.assert_reaches("other", "web");
+    c.assert_reaches("client", "web");
+    let got = c.connect("other", "10.96.0.10", 80, 2.0);
+    if got != Conn::Ok("web".into()) {
+        c.fail(&format!("other -> Service without policy: {got:?}"));
+    }
+    println!("agent_policy_real_traffic: {:?}", t0.elapsed());
+}
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  selector: {app: nobody}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// Answers per backend of `conns`; panics on anything but `Ok`.
+fn per_backend(c: &Cluster, conns: &[Conn]) -> BTreeMap<String, u32> {
+    let mut m = BTreeMap::new();
+    for x in conns {
+        match x {
+            Conn::Ok(who) => *m.entry(who.clone()).or_insert(0) += 1,
+            other => c.fail(&format!(
+                "connection to the Service: {other:?} in {conns:?}"
+            )),
+        }
+    }
+    m
+}
+
+#[test]
+fn agent_service_spreads_and_survives_backend_removal() {
+    if !require_root() {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut c = Cluster::new(
+        SHOP,
+        &[
+            spec("client", "shop", 20, "client"),
+            spec("web-1", "shop", 11, "web"),
+            spec("web-2", "shop", 12, "web"),
+        ],
+    );
+    c.write("20-services.yaml", SERVICES);
+    let r = c.reload();
+    assert!(!r.full && r.changed == 2, "{r:?}");
+    for w in ["web-1", "web-2"] {
+        let got = c.connect_until("client", &c.ip(w), 8080, Duration::from_secs(10));
+        if got != Conn::Ok(w.into()) {
+            c.fail(&format!("client -> {w} directly: {got:?}"));
+        }
+    }
+    println!("ready after {:?}", t0.elapsed());
+
+    let conns = c.connect_n("client", "10.96.0.10", 80, 20, 2.0);
+    let counts = per_backend(&c, &conns);
+    println!("20 connections to 10.96.0.10:80: {counts:?}");
+    assert_eq!(counts.values().sum::<u32>(), 20, "{counts:?}");
+    for w in ["web-1", "web-2"] {
+        assert!(counts.get(w).copied().unwrap_or(0) >= 3, "{counts:?}");
+    }
+    let ct = c.sw.ctl_ok(&["dump-conntrack"]);
+    assert!(ct.contains("10.96.0.10"), "{ct}");
+
+    // A Service without endpoints refuses at once (TCP RST by the switch).
+    match c.connect("client", "10.96.0.11", 80, 3.0) {
+        Conn::Refused(t) => {
+            println!("10.96.0.11:80 refused after {t:.3} s");
+            assert!(t < 1.0, "refused after {t} s");
+        }
+        other => c.fail(&format!("Service without endpoints: {other:?}")),
+    }
+
+    // web-2 goes away: its port and endpoint are removed.
+    c.write_pods(&["client", "web-1"]);
+    let r = c.reload();
+    assert_eq!(r.ports_removed, 1, "{r:?}");
+    assert!(!c.sw.ctl_ok(&["list-ports"]).contains(&c.pod("web-2").host));
+    let conns = c.connect_n("client", "10.96.0.10", 80, 10, 2.0);
+    let counts = per_backend(&c, &conns);
+    println!("10 connections after removing web-2: {counts:?}");
+    assert_eq!(counts.get("web-1").copied(), Some(10), "{counts:?}");
+    println!(
+        "agent_service_spreads_and_survives_backend_removal: {:?}",
+        t0.elapsed()
+    );
+}
+
+const TENANTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: red, labels: {ferrovs.io/tenant: red}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: blue, labels: {ferrovs.io/tenant: blue}}
+"#;
+
+#[test]
+fn agent_tenants_isolated() {
+    if !require_root() {
+        return;
+    }
+    let t0 = Instant::now();
+    let c = Cluster::new(
+        TENANTS,
+        &[
+            spec("red-1", "red", 21, "a"),
+            spec("red-2", "red", 22, "b"),
+            spec("blue-1", "blue", 31, "a"),
+            spec("blue-2", "blue", 32, "b"),
+        ],
+    );
+    for (from, to) in [("red-1", "red-2"), ("blue-1", "blue-2")] {
+        let got = c.connect_until(from, &c.ip(to), 8080, Duration::from_secs(10));
+        if got != Conn::Ok(to.into()) {
+            c.fail(&format!("{from} -> {to} (same tenant): {got:?}"));
+        }
+    }
+    println!("ready after {:?}", t0.elapsed());
+    c.assert_reaches("red-2", "red-1");
+    c.assert_reaches("blue-2", "blue-1");
+    for (from, to) in [
+        ("red-1", "blue-1"),
+        ("blue-1", "red-1"),
+        ("red-2", "blue-2"),
+        ("blue-2", "red-1"),
+    ] {
+        c.assert_blocked(from, to);
+    }
+    println!("agent_tenants_isolated: {:?}", t0.elapsed());
+}
