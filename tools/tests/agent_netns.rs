@@ -464,6 +464,13 @@ fn agent_service_spreads_and_survives_backend_removal() {
     let counts = per_backend(&c, &conns);
     println!("10 connections after removing web-2: {counts:?}");
     assert_eq!(counts.get("web-1").copied(), Some(10), "{counts:?}");
+    // Hairpin: web-1 reaches itself through the Service (source NATed to
+    // the gateway, sent back out of the port it came in on).
+    let conns = c.connect_n("web-1", "10.96.0.10", 80, 5, 2.0);
+    let counts = per_backend(&c, &conns);
+    assert_eq!(counts.get("web-1").copied(), Some(5), "{counts:?}");
+    let ct = c.sw.ctl_ok(&["dump-conntrack"]);
+    assert!(ct.contains("10.244.1.1,"), "no hairpin SNAT entry:\n{ct}");
     println!(
         "agent_service_spreads_and_survives_backend_removal: {:?}",
         t0.elapsed()
