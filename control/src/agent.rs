@@ -295,7 +295,12 @@ impl Agent {
         for (key, ifname) in &want {
             wanted_names.insert(ifname.clone());
             let no = match switch_ports.get(ifname) {
-                Some(&no) => no,
+                // A port already wired to a pod is this agent's (also one a
+                // previous run added): removed when the pod goes.
+                Some(&no) => {
+                    self.owned.insert(ifname.clone());
+                    no
+                }
                 None => {
                     let mut args: Vec<&str> = vec!["add-port", ifname];
                     args.extend(self.cfg.port_args.iter().map(String::as_str));
@@ -318,8 +323,9 @@ impl Agent {
             };
             ports.insert(key.clone(), no);
         }
-        // Ports this agent added whose pod is gone; after a restart, also
-        // ports named like ferrovs-cni's host interfaces.
+        // Ports this agent added or found wired to a pod, whose pod is
+        // gone; after a restart, also ports named like ferrovs-cni's host
+        // interfaces.
         let stale: Vec<String> = switch_ports
             .keys()
             .filter(|n| !wanted_names.contains(*n))

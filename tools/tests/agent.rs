@@ -204,6 +204,20 @@ fn agent_wires_pods_and_follows_changes() {
     assert_eq!(r.ports_added, 0);
     assert_eq!(sorted(sw.ctl_ok(&["dump-flows", "--no-stats"])), before);
     assert_eq!(sw.ctl_ok(&["dump-groups"]), groups);
+    // The restarted agent owns the pod ports it found: a pod removed after
+    // the restart loses its port too.
+    write(
+        &m.0,
+        "10-pods.yaml",
+        &pod("client", "10.244.1.20", "pclient", "client"),
+    );
+    let r = reload(&mut b, &m.0);
+    assert_eq!(r.ports_removed, 1, "{r:?}");
+    let ports = sw.ctl_ok(&["list-ports"]);
+    assert!(
+        !ports.contains("pweb1") && ports.contains("vxlan0"),
+        "{ports}"
+    );
 }
 
 #[test]

@@ -30,9 +30,35 @@ spec: {podCIDR: 10.244.1.0/24}
 status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
 "#;
 
-/// A TCP server on 8080: answers every connection with its name, closes.
+/// The servers of every pod: TCP 8080 answers each connection with the
+/// pod's name and closes; UDP 5353 answers each datagram with the name;
+/// TCP 8081 echoes (for long-lived connections).
 const SERVER: &str = r#"
-import socket, sys
+import socket, sys, threading
+name = sys.argv[1].encode()
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 5353))
+    while True:
+        _, peer = u.recvfrom(2048)
+        u.sendto(name, peer)
+def echo_conn(c):
+    with c:
+        while True:
+            d = c.recv(4096)
+            if not d:
+                return
+            c.sendall(d)
+def echo():
+    e = socket.socket()
+    e.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    e.bind(("0.0.0.0", 8081))
+    e.listen(16)
+    while True:
+        c, _ = e.accept()
+        threading.Thread(target=echo_conn, args=(c,), daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
+threading.Thread(target=echo, daemon=True).start()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8080))
@@ -40,11 +66,57 @@ s.listen(64)
 while True:
     c, _ = s.accept()
     try:
-        c.sendall(sys.argv[1].encode())
+        c.sendall(name)
     except OSError:
         pass
     finally:
         c.close()
+"#;
+
+/// `N` UDP requests to `ADDR:PORT` from a connected socket, `TIMEOUT`
+/// seconds each; one line per request as for [`CONNECT`].
+const UDP_ASK: &str = r#"
+import socket, sys, time
+addr, port, n, tmo = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+for _ in range(n):
+    t = time.monotonic()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(tmo)
+    try:
+        s.connect((addr, port))
+        s.send(b"who?")
+        print("ok", s.recv(2048).decode(errors="replace"))
+    except ConnectionRefusedError:
+        print("refused %.3f" % (time.monotonic() - t))
+    except socket.timeout:
+        print("timeout %.3f" % (time.monotonic() - t))
+    except OSError as e:
+        print("error", e)
+    finally:
+        s.close()
+    sys.stdout.flush()
+"#;
+
+/// A long-lived TCP connection to an echo server at `ADDR:PORT`: one echo, then writes the
+/// file `READY`, waits for the file `GO`, echoes again; prints `ok` or the
+/// error.
+const HOLD: &str = r#"
+import os, socket, sys, time
+addr, port, ready, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    s = socket.create_connection((addr, port), timeout=3)
+    s.sendall(b"one")
+    assert s.recv(16) == b"one"
+    peer = "%s:%d" % s.getpeername()
+    open(ready, "w").close()
+    end = time.time() + 30
+    while not os.path.exists(go) and time.time() < end:
+        time.sleep(0.05)
+    s.sendall(b"two")
+    got = s.recv(16)
+    print("ok" if got == b"two" else "bad %r" % got, peer)
+except Exception as e:
+    print("error", repr(e))
 "#;
 
 /// `N` connections to `ADDR:PORT`, each with `TIMEOUT` seconds; one line
@@ -117,6 +189,18 @@ fn spec(name: &'static str, namespace: &'static str, host: u8, app: &'static str
     }
 }
 
+/// An agent for node-a driving `sw`, pod ports as AF_XDP ports.
+fn agent_for(sw: &Ferrovsd, cni: &TempDir) -> Agent {
+    Agent::new(AgentConfig {
+        node: "node-a".into(),
+        socket: sw.socket.clone(),
+        cni_state: cni.0.clone(),
+        tunnel_port: "vxlan0".into(),
+        gateway_mac: [2, 0xfe, 0, 0, 0, 1],
+        port_args: vec![],
+    })
+}
+
 /// A running node: ferrovsd, the pods (each serving TCP 8080), the
 /// manifest directory and the agent. Field order is drop order.
 struct Cluster {
@@ -127,7 +211,7 @@ struct Cluster {
     manifests_of: BTreeMap<&'static str, String>,
     agent: Agent,
     dir: TempDir,
-    _cni: TempDir,
+    cni: TempDir,
 }
 
 impl Cluster {
@@ -164,14 +248,7 @@ impl Cluster {
         .unwrap();
         let dir = TempDir::new("fvtman");
         let cni = TempDir::new("fvtcni");
-        let agent = Agent::new(AgentConfig {
-            node: "node-a".into(),
-            socket: sw.socket.clone(),
-            cni_state: cni.0.clone(),
-            tunnel_port: "vxlan0".into(),
-            gateway_mac: [2, 0xfe, 0, 0, 0, 1],
-            port_args: vec![],
-        });
+        let agent = agent_for(&sw, &cni);
         let mut c = Cluster {
             sw,
             _servers: servers,
@@ -179,7 +256,7 @@ impl Cluster {
             manifests_of,
             agent,
             dir,
-            _cni: cni,
+            cni,
         };
         c.write("00-cluster.yaml", &format!("{NODE}---\n{namespaces}"));
         c.write_pods(&specs.iter().map(|s| s.name).collect::<Vec<_>>());
@@ -187,11 +264,13 @@ impl Cluster {
         assert!(r.full, "{r:?}");
         assert_eq!(r.ports_added, specs.len(), "{r:?}");
         for p in c.pods.values() {
-            assert!(
-                common::wait_listen(&p.ns, 8080),
-                "server in {}",
-                p.ns.name()
-            );
+            for port in [8080, 8081] {
+                assert!(
+                    common::wait_listen(&p.ns, port),
+                    "server on {port} in {}",
+                    p.ns.name()
+                );
+            }
         }
         c
     }
@@ -227,6 +306,23 @@ impl Cluster {
 
     /// `n` connections from pod `from` to `addr:port`, `timeout` each.
     fn connect_n(&self, from: &str, addr: &str, port: u16, n: u32, timeout: f64) -> Vec<Conn> {
+        self.run_client(CONNECT, from, addr, port, n, timeout)
+    }
+
+    /// `n` UDP requests from pod `from` to `addr:port`, `timeout` each.
+    fn ask_udp_n(&self, from: &str, addr: &str, port: u16, n: u32, timeout: f64) -> Vec<Conn> {
+        self.run_client(UDP_ASK, from, addr, port, n, timeout)
+    }
+
+    fn run_client(
+        &self,
+        program: &str,
+        from: &str,
+        addr: &str,
+        port: u16,
+        n: u32,
+        timeout: f64,
+    ) -> Vec<Conn> {
         let wall = Duration::from_secs_f64(f64::from(n) * (timeout + 1.0) + 10.0);
         let args = [
             "ip",
@@ -235,7 +331,7 @@ impl Cluster {
             self.pod(from).ns.name(),
             "python3",
             "-c",
-            CONNECT,
+            program,
             addr,
             &port.to_string(),
             &n.to_string(),
@@ -296,6 +392,80 @@ impl Cluster {
         let got = self.connect(from, &self.ip(to), 8080, 1.5);
         if got != Conn::Timeout {
             self.fail(&format!("{from} -> {to}:8080 must time out, gave {got:?}"));
+        }
+    }
+}
+
+/// A long-lived connection ([`HOLD`]) running in the background; killed
+/// on drop.
+struct Hold {
+    child: Option<std::process::Child>,
+    flags: TempDir,
+}
+
+impl Hold {
+    /// Connects from pod `from` to `addr:port` and waits for the first echo.
+    fn start(c: &Cluster, from: &str, addr: &str, port: u16) -> Hold {
+        let flags = TempDir::new("fvthold");
+        let ready = flags.0.join("ready");
+        let go = flags.0.join("go");
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                c.pod(from).ns.name(),
+                "python3",
+                "-c",
+                HOLD,
+            ])
+            .arg(addr)
+            .arg(port.to_string())
+            .arg(&ready)
+            .arg(&go)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut h = Hold {
+            child: Some(child),
+            flags,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            if Instant::now() > deadline {
+                let out = h.finish();
+                c.fail(&format!("long-lived connection to {addr}:{port}: {out}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h
+    }
+
+    /// Lets the connection echo again; its report (`ok PEER` on success).
+    fn finish(&mut self) -> String {
+        std::fs::write(self.flags.0.join("go"), "").unwrap();
+        let Some(mut child) = self.child.take() else {
+            return String::new();
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
@@ -384,9 +554,13 @@ apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
 spec:
+  type: NodePort
   clusterIP: 10.96.0.10
   selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+  - {name: echo, port: 81, targetPort: 8081}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
 ---
 apiVersion: v1
 kind: Service
@@ -394,7 +568,9 @@ metadata: {name: nobody, namespace: shop}
 spec:
   clusterIP: 10.96.0.11
   selector: {app: nobody}
-  ports: [{port: 80, targetPort: 8080}]
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
 "#;
 
 /// Answers per backend of `conns`; panics on anything but `Ok`.
@@ -446,13 +622,39 @@ fn agent_service_spreads_and_survives_backend_removal() {
     let ct = c.sw.ctl_ok(&["dump-conntrack"]);
     assert!(ct.contains("10.96.0.10"), "{ct}");
 
-    // A Service without endpoints refuses at once (TCP RST by the switch).
-    match c.connect("client", "10.96.0.11", 80, 3.0) {
-        Conn::Refused(t) => {
-            println!("10.96.0.11:80 refused after {t:.3} s");
-            assert!(t < 1.0, "refused after {t} s");
+    // NodePort on the node's address, UDP through the same Service.
+    let conns = c.connect_n("client", "192.168.50.1", 30080, 4, 2.0);
+    assert_eq!(per_backend(&c, &conns).values().sum::<u32>(), 4);
+    let answers = c.ask_udp_n("client", "10.96.0.10", 53, 12, 2.0);
+    let counts = per_backend(&c, &answers);
+    println!("12 UDP requests to 10.96.0.10:53: {counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+
+    // A Service without endpoints refuses at once: TCP RST, or ICMP port
+    // unreachable for UDP, sent by the switch.
+    let tcp = c.connect("client", "10.96.0.11", 80, 3.0);
+    let udp = c.ask_udp_n("client", "10.96.0.11", 53, 1, 3.0);
+    for (what, got) in [("TCP", &tcp), ("UDP", &udp[0])] {
+        match got {
+            Conn::Refused(t) => {
+                println!("{what} to 10.96.0.11 refused after {t:.3} s");
+                assert!(*t < 1.0, "refused after {t} s");
+            }
+            other => c.fail(&format!("{what} to a Service without endpoints: {other:?}")),
         }
-        other => c.fail(&format!("Service without endpoints: {other:?}")),
+    }
+
+    // A restarted agent resyncs without disturbing a live connection.
+    let mut hold = Hold::start(&c, "client", "10.96.0.10", 81);
+    c.agent = agent_for(&c.sw, &c.cni);
+    let r = c.reload();
+    assert!(
+        r.full && r.ports_added == 0 && r.ports_removed == 0,
+        "{r:?}"
+    );
+    let report = hold.finish();
+    if report != "ok 10.96.0.10:81" {
+        c.fail(&format!("connection across an agent restart: {report}"));
     }
 
     // web-2 goes away: its port and endpoint are removed.
@@ -500,6 +702,8 @@ fn agent_tenants_isolated() {
             spec("red-2", "red", 22, "b"),
             spec("blue-1", "blue", 31, "a"),
             spec("blue-2", "blue", 32, "b"),
+            spec("red-3", "red", 40, "c"),
+            spec("blue-3", "blue", 40, "c"),
         ],
     );
     for (from, to) in [("red-1", "red-2"), ("blue-1", "blue-2")] {
@@ -518,6 +722,13 @@ fn agent_tenants_isolated() {
         ("blue-2", "red-1"),
     ] {
         c.assert_blocked(from, to);
+    }
+    // The same address in both tenants: each tenant reaches its own pod.
+    for (from, to) in [("red-1", "red-3"), ("blue-1", "blue-3")] {
+        let got = c.connect(from, "10.244.1.40", 8080, 2.0);
+        if got != Conn::Ok(to.into()) {
+            c.fail(&format!("{from} -> 10.244.1.40 must reach {to}: {got:?}"));
+        }
     }
     println!("agent_tenants_isolated: {:?}", t0.elapsed());
 }
