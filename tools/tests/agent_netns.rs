@@ -546,8 +546,37 @@ fn agent_policy_real_traffic() {
     if got != Conn::Ok("web".into()) {
         c.fail(&format!("other -> Service without policy: {got:?}"));
     }
+
+    // client isolated for egress: only to app=web on the named port
+    // `http` (resolved on the peers), directly or through the Service.
+    c.write("31-egress.yaml", EGRESS_POLICY);
+    let r = c.reload();
+    assert_eq!(r.changed, 1, "{r:?}");
+    c.assert_reaches("client", "web");
+    let got = c.connect("client", "10.96.0.10", 80, 2.0);
+    if got != Conn::Ok("web".into()) {
+        c.fail(&format!("client -> Service under egress policy: {got:?}"));
+    }
+    c.assert_blocked("client", "other");
+    // Ingress of client is not isolated: other connects, the replies pass.
+    c.assert_reaches("other", "client");
+    c.remove("31-egress.yaml");
+    c.reload();
+    c.assert_reaches("client", "other");
     println!("agent_policy_real_traffic: {:?}", t0.elapsed());
 }
+
+const EGRESS_POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-to-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: http}]
+"#;
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -666,6 +695,22 @@ fn agent_service_spreads_and_survives_backend_removal() {
     let counts = per_backend(&c, &conns);
     println!("10 connections after removing web-2: {counts:?}");
     assert_eq!(counts.get("web-1").copied(), Some(10), "{counts:?}");
+    // web-2 back on the same interface: its port is added again.
+    c.write_pods(&["client", "web-1", "web-2"]);
+    let r = c.reload();
+    assert_eq!(r.ports_added, 1, "{r:?}");
+    let got = c.connect_until("client", &c.ip("web-2"), 8080, Duration::from_secs(10));
+    if got != Conn::Ok("web-2".into()) {
+        c.fail(&format!(
+            "client -> web-2 after its port came back: {got:?}"
+        ));
+    }
+    let conns = c.connect_n("client", "10.96.0.10", 80, 12, 2.0);
+    let counts = per_backend(&c, &conns);
+    println!("12 connections after web-2 came back: {counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    c.write_pods(&["client", "web-1"]);
+    c.reload();
     // Hairpin: web-1 reaches itself through the Service (source NATed to
     // the gateway, sent back out of the port it came in on).
     let conns = c.connect_n("web-1", "10.96.0.10", 80, 5, 2.0);
