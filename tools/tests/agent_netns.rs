@@ -590,6 +590,8 @@ spec:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
   - {name: echo, port: 81, targetPort: 8081}
   - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+  - {name: closed-tcp, port: 82, targetPort: 8082}
+  - {name: closed-udp, port: 54, protocol: UDP, targetPort: 5354}
 ---
 apiVersion: v1
 kind: Service
@@ -670,6 +672,16 @@ fn agent_service_spreads_and_survives_backend_removal() {
                 assert!(*t < 1.0, "refused after {t} s");
             }
             other => c.fail(&format!("{what} to a Service without endpoints: {other:?}")),
+        }
+    }
+
+    // A backend refusing (RST, ICMP port unreachable un-NATed as related):
+    // the client sees the Service address refuse.
+    let tcp = c.connect("client", "10.96.0.10", 82, 3.0);
+    let udp = c.ask_udp_n("client", "10.96.0.10", 54, 1, 3.0);
+    for (what, got) in [("TCP", &tcp), ("UDP", &udp[0])] {
+        if !matches!(got, Conn::Refused(t) if *t < 1.0) {
+            c.fail(&format!("{what} to a closed backend port: {got:?}"));
         }
     }
 
