@@ -97,6 +97,26 @@ for _ in range(n):
     sys.stdout.flush()
 "#;
 
+/// Sends `N` bytes to the echo server at `ADDR:PORT` and reads them back;
+/// prints `ok <peer>` if they came back intact.
+const BULK: &str = r#"
+import os, socket, sys, threading
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = os.urandom(n)
+s = socket.create_connection((addr, port), timeout=5)
+peer = "%s:%d" % s.getpeername()
+t = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
+t.start()
+got = bytearray()
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+t.join()
+print("ok" if bytes(got) == data else "bad %d of %d bytes" % (len(got), n), peer)
+"#;
+
 /// A long-lived TCP connection to an echo server at `ADDR:PORT`: one echo, then writes the
 /// file `READY`, waits for the file `GO`, echoes again; prints `ok` or the
 /// error.
@@ -354,6 +374,33 @@ impl Cluster {
         self.connect_n(from, addr, port, 1, timeout)
             .pop()
             .unwrap_or(Conn::Error("no output".into()))
+    }
+
+    /// Echoes `n` bytes from pod `from` through `addr:port`; the report.
+    fn bulk(&self, from: &str, addr: &str, port: u16, n: usize) -> String {
+        let args = [
+            "ip",
+            "netns",
+            "exec",
+            self.pod(from).ns.name(),
+            "python3",
+            "-c",
+            BULK,
+            addr,
+            &port.to_string(),
+            &n.to_string(),
+        ];
+        match tests::run_timeout(
+            std::process::Command::new(args[0]).args(&args[1..]),
+            Duration::from_secs(30),
+        ) {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout).trim(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => e,
+        }
     }
 
     /// Retries connecting (1 s each) until it succeeds or `within` passes;
@@ -730,6 +777,15 @@ fn agent_service_spreads_and_survives_backend_removal() {
     assert_eq!(counts.get("web-1").copied(), Some(5), "{counts:?}");
     let ct = c.sw.ctl_ok(&["dump-conntrack"]);
     assert!(ct.contains("10.244.1.1,"), "no hairpin SNAT entry:\n{ct}");
+    // Bulk data both ways through DNAT, and through DNAT + hairpin SNAT.
+    for from in ["client", "web-1"] {
+        let report = c.bulk(from, "10.96.0.10", 81, 2_000_000);
+        if report != "ok 10.96.0.10:81" {
+            c.fail(&format!(
+                "{from}: 2 MB echoed through the Service: {report}"
+            ));
+        }
+    }
     println!(
         "agent_service_spreads_and_survives_backend_removal: {:?}",
         t0.elapsed()
