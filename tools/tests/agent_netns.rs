@@ -436,7 +436,7 @@ impl Cluster {
 
     /// Asserts that a connection from `from` to pod `to` gets no answer.
     fn assert_blocked(&self, from: &str, to: &str) {
-        let got = self.connect(from, &self.ip(to), 8080, 1.5);
+        let got = self.connect(from, &self.ip(to), 8080, 1.0);
         if got != Conn::Timeout {
             self.fail(&format!("{from} -> {to}:8080 must time out, gave {got:?}"));
         }
@@ -642,6 +642,15 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: sticky, namespace: shop}
+spec:
+  clusterIP: 10.96.0.12
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: nobody, namespace: shop}
 spec:
   clusterIP: 10.96.0.11
@@ -649,6 +658,21 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
   - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+"#;
+
+/// The `web` Service's endpoints with web-2 not ready.
+const SLICE: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-x1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: echo, port: 8081}]
+endpoints:
+- {addresses: [10.244.1.11], nodeName: node-a, conditions: {ready: true}}
+- {addresses: [10.244.1.12], nodeName: node-a, conditions: {ready: false}}
 "#;
 
 /// Answers per backend of `conns`; panics on anything but `Ok`.
@@ -681,7 +705,7 @@ fn agent_service_spreads_and_survives_backend_removal() {
     );
     c.write("20-services.yaml", SERVICES);
     let r = c.reload();
-    assert!(!r.full && r.changed == 2, "{r:?}");
+    assert!(!r.full && r.changed == 3, "{r:?}");
     for w in ["web-1", "web-2"] {
         let got = c.connect_until("client", &c.ip(w), 8080, Duration::from_secs(10));
         if got != Conn::Ok(w.into()) {
@@ -731,6 +755,21 @@ fn agent_service_spreads_and_survives_backend_removal() {
             c.fail(&format!("{what} to a closed backend port: {got:?}"));
         }
     }
+
+    // sessionAffinity: ClientIP keeps the client on one backend.
+    let conns = c.connect_n("client", "10.96.0.12", 80, 12, 2.0);
+    let counts = per_backend(&c, &conns);
+    assert_eq!(counts.len(), 1, "sticky Service: {counts:?}");
+
+    // An EndpointSlice takes over from the selector: web-2 not ready.
+    c.write("21-slice.yaml", SLICE);
+    let r = c.reload();
+    assert_eq!(r.changed, 1, "{r:?}");
+    let conns = c.connect_n("client", "10.96.0.10", 80, 8, 2.0);
+    let counts = per_backend(&c, &conns);
+    assert_eq!(counts.get("web-1").copied(), Some(8), "{counts:?}");
+    c.remove("21-slice.yaml");
+    c.reload();
 
     // A restarted agent resyncs without disturbing a live connection.
     let mut hold = Hold::start(&c, "client", "10.96.0.10", 81);
