@@ -192,12 +192,24 @@ fn parse_conn(line: &str) -> Conn {
     }
 }
 
-/// A pod of a test: Kubernetes name, namespace, last IP byte, `app` label.
+/// The second node of two-node tests.
+const NODE_B: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.50.2}]}
+"#;
+
+/// A pod of a test: Kubernetes name, namespace, last IP byte, `app`
+/// label, node (0: node-a with 10.244.1.0/24, 1: node-b with
+/// 10.244.2.0/24).
 struct PodSpec {
     name: &'static str,
     namespace: &'static str,
     host: u8,
     app: &'static str,
+    node: u8,
 }
 
 fn spec(name: &'static str, namespace: &'static str, host: u8, app: &'static str) -> PodSpec {
@@ -206,13 +218,31 @@ fn spec(name: &'static str, namespace: &'static str, host: u8, app: &'static str
         namespace,
         host,
         app,
+        node: 0,
+    }
+}
+
+impl PodSpec {
+    /// The same pod on node-b.
+    fn on_b(mut self) -> PodSpec {
+        self.node = 1;
+        self
+    }
+
+    fn node_name(&self) -> &'static str {
+        ["node-a", "node-b"][usize::from(self.node)]
     }
 }
 
 /// An agent for node-a driving `sw`, pod ports as AF_XDP ports.
 fn agent_for(sw: &Ferrovsd, cni: &TempDir) -> Agent {
+    agent_on("node-a", sw, cni)
+}
+
+/// An agent for `node` driving `sw`.
+fn agent_on(node: &str, sw: &Ferrovsd, cni: &TempDir) -> Agent {
     Agent::new(AgentConfig {
-        node: "node-a".into(),
+        node: node.into(),
         socket: sw.socket.clone(),
         cni_state: cni.0.clone(),
         tunnel_port: "vxlan0".into(),
@@ -221,10 +251,28 @@ fn agent_for(sw: &Ferrovsd, cni: &TempDir) -> Agent {
     })
 }
 
-/// A running node: ferrovsd, the pods (each serving TCP 8080), the
-/// manifest directory and the agent. Field order is drop order.
+/// node-b of a two-node cluster.
+struct Remote {
+    sw: Ferrovsd,
+    agent: Agent,
+    _cni: TempDir,
+}
+
+/// The `vxlan0` port of a node whose underlay is `dev`.
+fn vxlan_port(dev: &str, local_ip: &str) -> String {
+    format!(
+        "[[port]]\nname = \"vxlan0\"\nofport = 100\ntype = \"vxlan\"\nunderlay = \"{dev}\"\n\
+         local_ip = \"{local_ip}\"\nremote_ip = \"flow\"\nkey = \"flow\"\n"
+    )
+}
+
+/// A running node (or two, joined by VXLAN over a veth underlay when a
+/// pod is on node-b): ferrovsd, the pods (each serving, see [`SERVER`]),
+/// the manifest directory and the agents. Field order is drop order.
 struct Cluster {
     sw: Ferrovsd,
+    remote: Option<Remote>,
+    _underlay: Option<tests::VethPair>,
     _servers: Vec<ChildGuard>,
     pods: BTreeMap<&'static str, Pod>,
     /// Pod manifest text by pod name.
@@ -243,34 +291,63 @@ impl Cluster {
         let mut pods = BTreeMap::new();
         let mut manifests_of = BTreeMap::new();
         let mut servers = Vec::new();
+        let two = specs.iter().any(|s| s.node == 1);
         for s in specs {
-            let ip = format!("10.244.1.{}", s.host);
-            let mac = format!("0a:58:0a:f4:01:{:02x}", s.host);
+            let net = s.node + 1;
+            let ip = format!("10.244.{net}.{}", s.host);
+            let mac = format!("0a:58:0a:f4:{net:02x}:{:02x}", s.host);
             let prefix: String = format!("fvt{}", s.name.replace('-', ""));
             let pod = Pod::new(&prefix, &format!("{ip}/24"), &mac);
+            if two {
+                pod.ns
+                    .exec_ok(&["ip", "link", "set", "eth0", "mtu", "1450"]);
+            }
+            let gw = format!("10.244.{net}.1");
             pod.ns
-                .exec_ok(&["ip", "route", "add", "default", "via", "10.244.1.1"]);
+                .exec_ok(&["ip", "route", "add", "default", "via", &gw]);
             servers.push(pod.ns.spawn(&["python3", "-c", SERVER, s.name]).unwrap());
             manifests_of.insert(
                 s.name,
                 format!(
-                    "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{app: {}}}\n  annotations: {{ferrovs.io/interface: {}}}\nspec:\n  nodeName: node-a\n  containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]\nstatus: {{podIP: {ip}}}\n",
-                    s.name, s.namespace, s.app, pod.host
+                    "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{app: {}}}\n  annotations: {{ferrovs.io/interface: {}}}\nspec:\n  nodeName: {}\n  containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]\nstatus: {{podIP: {ip}}}\n",
+                    s.name, s.namespace, s.app, pod.host, s.node_name()
                 ),
             );
             pods.insert(s.name, pod);
         }
-        let sw = Ferrovsd::start(
-            "fvtnode",
-            "[[port]]\nname = \"vxlan0\"\nofport = 100\ntype = \"memory\"\n",
-            None,
-        )
-        .unwrap();
+        let underlay = two.then(|| {
+            let ul = tests::VethPair::new("fvtula", "fvtulb", None);
+            for d in [&ul.host, &ul.peer] {
+                let _ = tests::sh(&[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{d}.disable_ipv6=1"),
+                ]);
+            }
+            ul
+        });
+        let port_a = match &underlay {
+            Some(ul) => vxlan_port(&ul.host, "192.168.50.1"),
+            None => "[[port]]\nname = \"vxlan0\"\nofport = 100\ntype = \"memory\"\n".into(),
+        };
+        let sw = Ferrovsd::start("fvtnode", &port_a, None).unwrap();
+        let remote = underlay.as_ref().map(|ul| {
+            let sw =
+                Ferrovsd::start("fvtnodeb", &vxlan_port(&ul.peer, "192.168.50.2"), None).unwrap();
+            let cni = TempDir::new("fvtcni");
+            Remote {
+                agent: agent_on("node-b", &sw, &cni),
+                sw,
+                _cni: cni,
+            }
+        });
         let dir = TempDir::new("fvtman");
         let cni = TempDir::new("fvtcni");
         let agent = agent_for(&sw, &cni);
         let mut c = Cluster {
             sw,
+            remote,
+            _underlay: underlay,
             _servers: servers,
             pods,
             manifests_of,
@@ -278,11 +355,20 @@ impl Cluster {
             dir,
             cni,
         };
-        c.write("00-cluster.yaml", &format!("{NODE}---\n{namespaces}"));
+        let nodes = if two {
+            format!("{NODE}---\n{NODE_B}")
+        } else {
+            NODE.to_string()
+        };
+        c.write("00-cluster.yaml", &format!("{nodes}---\n{namespaces}"));
         c.write_pods(&specs.iter().map(|s| s.name).collect::<Vec<_>>());
-        let r = c.reload();
+        let (r, rb) = c.reload_all();
         assert!(r.full, "{r:?}");
-        assert_eq!(r.ports_added, specs.len(), "{r:?}");
+        let on_a = specs.iter().filter(|s| s.node == 0).count();
+        assert_eq!(r.ports_added, on_a, "{r:?}");
+        if let Some(rb) = rb {
+            assert_eq!(rb.ports_added, specs.len() - on_a, "{rb:?}");
+        }
         for p in c.pods.values() {
             for port in [8080, 8081] {
                 assert!(
@@ -317,11 +403,22 @@ impl Cluster {
         self.write("10-pods.yaml", &text);
     }
 
-    /// Re-reads the manifests and runs one agent round.
+    /// Re-reads the manifests and runs one agent round (on every node);
+    /// node-a's counters.
     fn reload(&mut self) -> Round {
+        self.reload_all().0
+    }
+
+    /// Re-reads the manifests and runs one round on node-a and node-b.
+    fn reload_all(&mut self) -> (Round, Option<Round>) {
         let snap = load_manifests(&self.dir.0).unwrap();
-        let changed = self.agent.set_snapshot(snap);
-        self.agent.round(changed).unwrap()
+        let changed = self.agent.set_snapshot(snap.clone());
+        let r = self.agent.round(changed).unwrap();
+        let rb = self.remote.as_mut().map(|b| {
+            let changed = b.agent.set_snapshot(snap);
+            b.agent.round(changed).unwrap()
+        });
+        (r, rb)
     }
 
     /// `n` connections from pod `from` to `addr:port`, `timeout` each.
@@ -416,14 +513,23 @@ impl Cluster {
         }
     }
 
-    /// Panics with the switch's flows and conntrack table.
+    /// Panics with the switches' flows and conntrack tables.
     fn fail(&self, what: &str) -> ! {
-        panic!(
-            "{what}\n--- flows ---\n{}\n--- groups ---\n{}\n--- conntrack ---\n{}",
-            self.sw.ctl(&["dump-flows"]).unwrap_or_default(),
-            self.sw.ctl(&["dump-groups"]).unwrap_or_default(),
-            self.sw.ctl(&["dump-conntrack"]).unwrap_or_default()
-        )
+        let dump = |sw: &Ferrovsd| {
+            format!(
+                "--- {} flows ---\n{}\n--- groups ---\n{}\n--- conntrack ---\n{}",
+                sw.name,
+                sw.ctl(&["dump-flows"]).unwrap_or_default(),
+                sw.ctl(&["dump-groups"]).unwrap_or_default(),
+                sw.ctl(&["dump-conntrack"]).unwrap_or_default()
+            )
+        };
+        let b = self
+            .remote
+            .as_ref()
+            .map(|r| dump(&r.sw))
+            .unwrap_or_default();
+        panic!("{what}\n{}\n{b}", dump(&self.sw))
     }
 
     /// Asserts that `from` reaches pod `to` on 8080 and gets its name.
@@ -883,4 +989,63 @@ fn agent_tenants_isolated() {
         }
     }
     println!("agent_tenants_isolated: {:?}", t0.elapsed());
+}
+
+#[test]
+fn agent_two_nodes_overlay() {
+    if !require_root() {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut c = Cluster::new(
+        &format!("{SHOP}---\n{TENANTS}"),
+        &[
+            spec("client", "shop", 20, "client"),
+            spec("other", "shop", 40, "other"),
+            spec("web-a", "shop", 10, "web"),
+            spec("web-b", "shop", 10, "web").on_b(),
+            spec("red-a", "red", 30, "a"),
+            spec("red-b", "red", 30, "b").on_b(),
+            spec("blue-b", "blue", 31, "b").on_b(),
+        ],
+    );
+    // Across the overlay, both ways (the underlay ARP resolves first).
+    let got = c.connect_until("client", &c.ip("web-b"), 8080, Duration::from_secs(10));
+    if got != Conn::Ok("web-b".into()) {
+        c.fail(&format!("client -> web-b over VXLAN: {got:?}"));
+    }
+    println!("ready after {:?}", t0.elapsed());
+    c.assert_reaches("web-b", "client");
+    c.assert_reaches("red-b", "red-a");
+    // Tenants stay apart across nodes (VNI = tenant).
+    c.assert_blocked("red-a", "blue-b");
+    c.assert_blocked("blue-b", "red-a");
+    c.assert_blocked("client", "red-b");
+    // Full-sized segments over the tunnel.
+    let report = c.bulk("client", &c.ip("web-b"), 8081, 2_000_000);
+    if !report.starts_with("ok ") {
+        c.fail(&format!("2 MB client <-> web-b: {report}"));
+    }
+
+    // A Service with one local and one remote backend.
+    c.write("20-services.yaml", SERVICES);
+    c.reload();
+    let conns = c.connect_n("client", "10.96.0.10", 80, 20, 2.0);
+    let counts = per_backend(&c, &conns);
+    println!("20 connections over two nodes: {counts:?}");
+    for w in ["web-a", "web-b"] {
+        assert!(counts.get(w).copied().unwrap_or(0) >= 3, "{counts:?}");
+    }
+    let report = c.bulk("client", "10.96.0.10", 81, 1_000_000);
+    if report != "ok 10.96.0.10:81" {
+        c.fail(&format!("1 MB through the Service: {report}"));
+    }
+
+    // Ingress policy enforced on node-b for traffic from node-a.
+    c.write("30-policy.yaml", POLICY);
+    c.reload();
+    c.assert_reaches("client", "web-b");
+    c.assert_blocked("other", "web-b");
+    c.assert_reaches("web-b", "other");
+    println!("agent_two_nodes_overlay: {:?}", t0.elapsed());
 }
