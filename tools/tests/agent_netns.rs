@@ -953,7 +953,7 @@ fn agent_tenants_isolated() {
         return;
     }
     let t0 = Instant::now();
-    let c = Cluster::new(
+    let mut c = Cluster::new(
         TENANTS,
         &[
             spec("red-1", "red", 21, "a"),
@@ -988,6 +988,17 @@ fn agent_tenants_isolated() {
             c.fail(&format!("{from} -> 10.244.1.40 must reach {to}: {got:?}"));
         }
     }
+    // ferrovsd restarts between two agent rounds: the agent notices,
+    // re-adds the AF_XDP ports and resends everything.
+    c.sw.restart().unwrap();
+    let r = c.agent.round(vec![]).unwrap();
+    assert!(r.full && r.ports_added == 6, "{r:?}");
+    let got = c.connect_until("red-1", &c.ip("red-2"), 8080, Duration::from_secs(10));
+    if got != Conn::Ok("red-2".into()) {
+        c.fail(&format!("red-1 -> red-2 after a ferrovsd restart: {got:?}"));
+    }
+    c.assert_reaches("blue-1", "blue-3");
+    c.assert_blocked("red-1", "blue-1");
     println!("agent_tenants_isolated: {:?}", t0.elapsed());
 }
 
