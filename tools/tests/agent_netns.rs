@@ -1,9 +1,11 @@
-//! ferrovs-agent end to end with real traffic: one ferrovsd ("node-a"),
-//! pods in network namespaces joined by veth pairs whose host sides the
-//! agent adds as AF_XDP ports (named by the `ferrovs.io/interface`
-//! annotation), flows compiled from manifests in a temp directory. The
-//! pods talk TCP through the switch's gateway, Services, NetworkPolicies
-//! and tenants.
+//! ferrovs-agent end to end with real traffic: one ferrovsd ("node-a"; a
+//! second, "node-b", joined by VXLAN over a veth underlay in the two-node
+//! test), pods in network namespaces joined by veth pairs whose host sides
+//! the agent adds as AF_XDP ports (named by the `ferrovs.io/interface`
+//! annotation), flows compiled from manifests in a temp directory and the
+//! agent driven in-process round by round. The pods talk TCP and UDP
+//! through the switch's gateway, Services (ClusterIP, NodePort, hairpin,
+//! reject), NetworkPolicies and tenants.
 //!
 //! Every test skips when not root. Namespaces and links are prefixed
 //! `fvt` and removed by guards, also when a test fails; ferrovsd is
