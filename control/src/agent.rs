@@ -12,7 +12,8 @@
 //! 3. recompiles what changed and sends the difference to `ferrovsd` as one
 //!    `bundle`, which the switch applies atomically.
 //!
-//! The first round after start (and after any failure to talk to ferrovsd)
+//! The first round after start (after any failure to talk to ferrovsd, and
+//! after ferrovsd restarted, seen as its pipeline version going down)
 //! sends the whole state with `bundle --replace`: ferrovsd applies only the
 //! difference, so flows that did not change keep their counters and traffic
 //! is not interrupted by an agent restart. A source that goes away (API
@@ -93,6 +94,17 @@ impl Ferrovsd {
         }
     }
 
+    /// The pipeline version `show` reports (it only grows while ferrovsd
+    /// runs); `None` if the answer does not say.
+    pub fn version(&self) -> Result<Option<u64>, AgentError> {
+        let out = self.call(&["show"], None)?;
+        Ok(out
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit_once("pipeline version "))
+            .and_then(|(_, v)| v.trim().parse().ok()))
+    }
+
     /// Port name -> number.
     pub fn ports(&self) -> Result<BTreeMap<String, PortNo>, AgentError> {
         let out = self.call(&["list-ports"], None)?;
@@ -149,6 +161,10 @@ pub struct Agent {
     /// Port names this agent added (removed again when their pod goes).
     owned: BTreeSet<String>,
     synced: bool,
+    /// ferrovsd's pipeline version after this agent's last round: a lower
+    /// one later means ferrovsd restarted (empty), so everything is sent
+    /// again.
+    version: Option<u64>,
     issues: BTreeSet<String>,
 }
 
@@ -165,6 +181,7 @@ impl Agent {
             ports: PodPorts::new(),
             owned: BTreeSet::new(),
             synced: false,
+            version: None,
             issues: BTreeSet::new(),
         }
     }
@@ -217,6 +234,17 @@ impl Agent {
             changed: changed.len(),
             ..Round::default()
         };
+        let version = self.sw.version()?;
+        if let (Some(now), Some(before)) = (version, self.version) {
+            if now < before {
+                tracing::warn!(
+                    version = now,
+                    before,
+                    "ferrovsd restarted: re-adding ports and resending all flows"
+                );
+                self.synced = false;
+            }
+        }
         let switch_ports = self.sw.ports()?;
         if self.comp.is_none() {
             let tunnel_port = switch_ports.get(&self.cfg.tunnel_port).copied();
@@ -236,7 +264,9 @@ impl Agent {
         let Some(comp) = self.comp.as_mut() else {
             return Ok(round);
         };
+        let mut sent = round.ports_added + round.ports_removed > 0;
         if !self.synced {
+            sent = true;
             comp.full(&self.snap, &self.ports);
             let text = full_bundle_text(comp);
             round.mods = text.lines().filter(|l| !l.starts_with("name ")).count();
@@ -247,9 +277,11 @@ impl Agent {
             let delta = comp.update(&self.snap, &self.ports, &changed);
             round.mods = delta.mods.len();
             if !delta.is_empty() || !delta.names.is_empty() {
+                sent = true;
                 self.sw.call(&["bundle"], Some(&bundle_text(&delta)))?;
             }
         }
+        self.version = if sent { self.sw.version()? } else { version };
         self.log_issues();
         Ok(round)
     }
@@ -295,7 +327,12 @@ impl Agent {
         for (key, ifname) in &want {
             wanted_names.insert(ifname.clone());
             let no = match switch_ports.get(ifname) {
-                Some(&no) => no,
+                // A port already wired to a pod is this agent's (also one a
+                // previous run added): removed when the pod goes.
+                Some(&no) => {
+                    self.owned.insert(ifname.clone());
+                    no
+                }
                 None => {
                     let mut args: Vec<&str> = vec!["add-port", ifname];
                     args.extend(self.cfg.port_args.iter().map(String::as_str));
@@ -318,8 +355,9 @@ impl Agent {
             };
             ports.insert(key.clone(), no);
         }
-        // Ports this agent added whose pod is gone; after a restart, also
-        // ports named like ferrovs-cni's host interfaces.
+        // Ports this agent added or found wired to a pod, whose pod is
+        // gone; after a restart, also ports named like ferrovs-cni's host
+        // interfaces.
         let stale: Vec<String> = switch_ports
             .keys()
             .filter(|n| !wanted_names.contains(*n))

@@ -204,6 +204,20 @@ fn agent_wires_pods_and_follows_changes() {
     assert_eq!(r.ports_added, 0);
     assert_eq!(sorted(sw.ctl_ok(&["dump-flows", "--no-stats"])), before);
     assert_eq!(sw.ctl_ok(&["dump-groups"]), groups);
+    // The restarted agent owns the pod ports it found: a pod removed after
+    // the restart loses its port too.
+    write(
+        &m.0,
+        "10-pods.yaml",
+        &pod("client", "10.244.1.20", "pclient", "client"),
+    );
+    let r = reload(&mut b, &m.0);
+    assert_eq!(r.ports_removed, 1, "{r:?}");
+    let ports = sw.ctl_ok(&["list-ports"]);
+    assert!(
+        !ports.contains("pweb1") && ports.contains("vxlan0"),
+        "{ports}"
+    );
 }
 
 #[test]
@@ -219,4 +233,41 @@ fn agent_keeps_state_when_ferrovsd_is_unreachable() {
     });
     let e = a.round(vec![]).unwrap_err().to_string();
     assert!(e.contains("nope.sock") && e.contains("ferrovsd"), "{e}");
+}
+
+#[test]
+fn agent_resends_everything_after_ferrovsd_restarts() {
+    let mut sw = Ferrovsd::start(
+        "fvsagentr",
+        "[[port]]\nname = \"vxlan0\"\nofport = 100\ntype = \"memory\"\n",
+        None,
+    )
+    .unwrap();
+    let m = TempDir::new("fvsmanifests");
+    let cni = TempDir::new("fvscni");
+    write(&m.0, "00-cluster.yaml", NODES);
+    write(
+        &m.0,
+        "10-pods.yaml",
+        &(pod("web-1", "10.244.1.10", "pweb1", "web")
+            + &pod("client", "10.244.1.20", "pclient", "client")),
+    );
+    write(&m.0, "20-svc.yaml", SERVICE);
+    let mut a = agent(&sw, &cni.0);
+    reload(&mut a, &m.0);
+    let flows = sw.ctl_ok(&["dump-flows", "--no-stats"]);
+    let groups = sw.ctl_ok(&["dump-groups"]);
+    // Nothing changed, nothing sent.
+    let r = a.round(vec![]).unwrap();
+    assert_eq!(r, control::agent::Round::default());
+    // ferrovsd restarts between two rounds (the agent never saw it down):
+    // the next round re-adds the ports and resends everything.
+    sw.restart().unwrap();
+    assert!(!sw.ctl_ok(&["list-ports"]).contains("pweb1"));
+    let r = a.round(vec![]).unwrap();
+    assert!(r.full && r.ports_added == 2, "{r:?}");
+    assert_eq!(sw.ctl_ok(&["dump-flows", "--no-stats"]), flows);
+    assert_eq!(sw.ctl_ok(&["dump-groups"]), groups);
+    let r = a.round(vec![]).unwrap();
+    assert_eq!(r, control::agent::Round::default());
 }

@@ -14,9 +14,15 @@
 //! 40 ROUTE      by (tenant, nw_dst): local pod -> MACs rewritten, reg2=port;
 //!               other node's pod CIDR -> tunnel (VNI = tenant, tun_dst)
 //! 50 INGRESS    NetworkPolicy ingress for local pods; -new passes
-//! 60 COMMIT     ct(commit,zone=<tenant>) for new connections
-//! 70 OUTPUT     reg2 -> output port
+//! 60 COMMIT     ct(commit,zone=<tenant>) for new connections; hairpin
+//!               (a pod reaching itself through a Service): source NAT to
+//!               the gateway in the tenant's hairpin zone
+//! 70 OUTPUT     reg2 -> output port (`in_port` when it is the ingress port)
 //! ```
+//!
+//! Hairpin replies (a pod answering the gateway address) are un-SNATed in
+//! the hairpin zone first (`ct_state=-trk` in the CT table), then pass the
+//! tenant zone as usual.
 //!
 //! Registers: `reg0` = tenant VLAN id, `reg1` bit 0 = came from the tunnel,
 //! `reg2` = output port.
@@ -63,6 +69,12 @@ pub const REG_FLAGS: Field = Field::Reg(1);
 pub const REG_OUT: Field = Field::Reg(2);
 /// `REG_FLAGS` bit: packet came in on the tunnel.
 pub const FLAG_FROM_TUNNEL: u64 = 1;
+
+/// Conntrack zone of tenant `vlan`'s hairpin source NAT (distinct from
+/// every tenant zone, which are VLAN ids 1..4094).
+pub fn hairpin_zone(vlan: u16) -> u16 {
+    vlan | 0x1000
+}
 
 /// Kind byte of a cookie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use flows::field::Field;
 use serde_json::{json, Value};
 
 use super::*;
@@ -433,6 +434,78 @@ fn service_without_endpoints_rejects() {
     assert_eq!(
         w.from("default", "client", "10.96.0.20", 17, 53).0,
         Verdict::Rejected
+    );
+}
+
+#[test]
+fn service_hairpin_snats_to_gateway_and_returns_by_in_port() {
+    let mut objs = base();
+    objs.push(svc(
+        "default",
+        "self",
+        json!({"clusterIP":"10.96.0.30","selector":{"app":"web"},
+               "ports":[{"port":80,"targetPort":8080}]}),
+    ));
+    let w = World::new("a", objs);
+    let (web1, p) = w.pod("default", "web-1");
+    // web-1 -> ClusterIP; pick a connection that lands on web-1 itself.
+    let hairpin = (40000..40100u16).find_map(|sport| {
+        let k = packet(&Pkt {
+            in_port: web1,
+            dl_src: p.mac,
+            dl_dst: GW_MAC,
+            src: p.ip,
+            dst: ip("10.96.0.30"),
+            proto: 6,
+            sport,
+            dport: 80,
+        });
+        let (v, passes) = w.sim.run(&k, NEW);
+        let fin = passes.last().unwrap().trace.final_key;
+        matches!(v, Verdict::Delivered { nw_dst, .. } if nw_dst == p.ip).then_some((v, fin))
+    });
+    let (v, fin) = hairpin.expect("some connection lands on web-1");
+    assert!(delivered_to(web1)(&v), "back out of its own port: {v:?}");
+    assert_eq!(
+        Ipv4Addr::from(fin.get(Field::NwSrc) as u32),
+        ip("10.244.1.1"),
+        "source NATed to the gateway"
+    );
+    // The reply (to the gateway address) is un-SNATed in the hairpin zone
+    // before the tenant zone.
+    let reply = packet(&Pkt {
+        in_port: web1,
+        dl_src: p.mac,
+        dl_dst: GW_MAC,
+        src: p.ip,
+        dst: ip("10.244.1.1"),
+        proto: 6,
+        sport: 8080,
+        dport: 40000,
+    });
+    let (_, passes) = w.sim.run(&reply, REPLY);
+    let zones: Vec<u64> = passes
+        .iter()
+        .skip(1)
+        .map(|x| x.key.get(Field::CtZone))
+        .collect();
+    let vlan = u64::from(p.vlan);
+    assert_eq!(zones[..2], [u64::from(layout::hairpin_zone(p.vlan)), vlan]);
+    // Ordinary pod-to-pod traffic is not NATed.
+    let k = packet(&Pkt {
+        in_port: web1,
+        dl_src: p.mac,
+        dl_dst: GW_MAC,
+        src: p.ip,
+        dst: ip("10.244.1.20"),
+        proto: 6,
+        sport: 40000,
+        dport: 8080,
+    });
+    let (_, passes) = w.sim.run(&k, NEW);
+    assert_eq!(
+        passes.last().unwrap().trace.final_key.get(Field::NwSrc),
+        u64::from(u32::from(p.ip))
     );
 }
 

@@ -1,7 +1,9 @@
 //! Pod wiring, tenants and the overlay: the [`Unit::Infra`](super::Unit),
 //! [`Unit::Network`](super::Unit) and [`Unit::Pod`](super::Unit) flows.
 
-use flows::action::Action;
+use std::net::Ipv4Addr;
+
+use flows::action::{Action, Nat, NatKind};
 use flows::field::Field;
 use flows::key::ct_state;
 
@@ -100,18 +102,7 @@ pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
             F::new(T_CT, 100, c)
                 .ip()
                 .m(REG_TENANT, u64::from(v))
-                .a(ct(
-                    false,
-                    v,
-                    Some(T_CT_STATE),
-                    Some(flows::action::Nat {
-                        kind: None,
-                        ip_min: std::net::Ipv4Addr::UNSPECIFIED,
-                        ip_max: std::net::Ipv4Addr::UNSPECIFIED,
-                        port_min: 0,
-                        port_max: 0,
-                    }),
-                ))
+                .a(ct(false, v, Some(T_CT_STATE), Some(plain_nat())))
                 .done(),
         );
         f.push(
@@ -127,6 +118,19 @@ pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
                 .goto(T_OUTPUT)
                 .done(),
         );
+        if let Some(gw) = local_gateway(input) {
+            // A reply to the hairpin SNAT address: un-SNAT, then the
+            // tenant zone (the packet comes back here tracked).
+            f.push(
+                F::new(T_CT, 110, c)
+                    .ip()
+                    .m(REG_TENANT, u64::from(v))
+                    .addr(Field::NwDst, gw)
+                    .mm(Field::CtState, 0, ct_state::TRK)
+                    .a(ct(false, hairpin_zone(v), Some(T_CT), Some(plain_nat())))
+                    .done(),
+            );
+        }
         if let Some(tun) = cfg.tunnel_port {
             f.push(
                 F::new(T_CLASSIFY, 100, c)
@@ -278,5 +282,56 @@ pub(super) fn pod(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) -> Uni
             .a(Action::Output(port))
             .done(),
     );
+    // Hairpin: the pod reached itself through a Service. Its kernel drops
+    // a packet from its own address, so the source becomes the gateway
+    // (in a zone of its own: the tenant zone holds the DNAT), and the
+    // packet leaves by the port it came in on.
+    if let Some(gw) = local_gateway(input) {
+        f.push(
+            F::new(T_COMMIT, 110, c)
+                .ip()
+                .m(REG_TENANT, v)
+                .addr(Field::NwSrc, p.ip)
+                .addr(Field::NwDst, p.ip)
+                .a(ct(
+                    true,
+                    hairpin_zone(p.vlan),
+                    Some(T_OUTPUT),
+                    Some(Nat {
+                        kind: Some(NatKind::Src),
+                        ip_min: gw,
+                        ip_max: gw,
+                        port_min: 0,
+                        port_max: 0,
+                    }),
+                ))
+                .done(),
+        );
+        f.push(
+            F::new(T_OUTPUT, 110, c)
+                .m(REG_OUT, port64)
+                .m(Field::InPort, port64)
+                .a(Action::InPort)
+                .done(),
+        );
+    }
     finish(out)
+}
+
+/// The gateway address of this node's pods (first address of its first
+/// pod CIDR), if the node is known.
+fn local_gateway(input: &Input<'_>) -> Option<Ipv4Addr> {
+    let node = input.model.nodes.get(&input.cfg.node)?;
+    node.pod_cidrs.first().map(gateway_of)
+}
+
+/// Plain `nat`: only un-NAT packets of NATed connections.
+fn plain_nat() -> Nat {
+    Nat {
+        kind: None,
+        ip_min: Ipv4Addr::UNSPECIFIED,
+        ip_max: Ipv4Addr::UNSPECIFIED,
+        port_min: 0,
+        port_max: 0,
+    }
 }

@@ -45,6 +45,7 @@ pub struct Ferrovsd {
     pub socket: PathBuf,
     /// Daemon log (stderr and stdout).
     pub log: PathBuf,
+    cfg: PathBuf,
     dir: TempDir,
 }
 
@@ -65,24 +66,46 @@ impl Ferrovsd {
         cfg.push_str(ports);
         let cfg_path = dir.0.join(format!("{name}.toml"));
         std::fs::write(&cfg_path, &cfg).map_err(|e| e.to_string())?;
-        let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let mut d = Ferrovsd {
+            name: name.to_string(),
+            child: None,
+            socket,
+            log,
+            cfg: cfg_path,
+            dir,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Stops the daemon and starts it again with the same config (and
+    /// socket); waits until it answers.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Starts the daemon (log appended) and waits until it answers.
+    fn spawn(&mut self) -> Result<(), String> {
+        let name = self.name.clone();
+        let cfg = std::fs::read_to_string(&self.cfg).unwrap_or_default();
+        let logf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
         let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(FERROVSD)
             .arg("--config")
-            .arg(&cfg_path)
+            .arg(&self.cfg)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2)
             .spawn()
             .map_err(|e| format!("cannot start ferrovsd: {e}"))?;
-        let mut d = Ferrovsd {
-            name: name.to_string(),
-            child: Some(child),
-            socket,
-            log,
-            dir,
-        };
+        self.child = Some(child);
+        let d = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(c) = d.child.as_mut() {
@@ -95,7 +118,7 @@ impl Ferrovsd {
                 }
             }
             if d.socket.exists() && d.ctl(&["show"]).is_ok() {
-                return Ok(d);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
