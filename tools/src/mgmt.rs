@@ -584,7 +584,10 @@ impl Daemon {
             } = ev
             {
                 if let Some(n) = self.cookie_name(e.spec.cookie) {
-                    out.push_str(&format!("  table {table}: {n}\n"));
+                    // Consecutive tables of one object are shown once.
+                    if last != Some(n) {
+                        out.push_str(&format!("  table {table}: {n}\n"));
+                    }
                     last = Some(n);
                 }
             }
