@@ -16,7 +16,7 @@
 //!   node, tenant, labels and named container ports. Pods without an IP,
 //!   host-network pods and finished pods are not wired.
 //!
-//! Every problem is a [`ModelIssue`] naming the object and field; the rest of
+//! Every problem is a [`Issue`] naming the object and field; the rest of
 //! the model is still built.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,7 +45,7 @@ pub const DEFAULT_TENANT_VLAN: u16 = 1;
 
 /// A problem found while resolving the snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModelIssue {
+pub struct Issue {
     /// The object at fault.
     pub object: ObjectRef,
     /// The field (`metadata.annotations.ferrovs.io/ip`).
@@ -54,7 +54,7 @@ pub struct ModelIssue {
     pub message: String,
 }
 
-impl fmt::Display for ModelIssue {
+impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: field {}: {}", self.object, self.field, self.message)
     }
@@ -159,7 +159,7 @@ pub struct Model {
     /// Wired pods by (namespace, name).
     pub pods: BTreeMap<(String, String), PodInfo>,
     /// Problems found.
-    pub issues: Vec<ModelIssue>,
+    pub issues: Vec<Issue>,
 }
 
 impl Model {
@@ -207,7 +207,7 @@ impl Model {
     }
 
     fn issue(&mut self, object: ObjectRef, field: &str, message: String) {
-        self.issues.push(ModelIssue {
+        self.issues.push(Issue {
             object,
             field: field.to_string(),
             message,

@@ -1129,16 +1129,6 @@ mod tests {
         i
     }
 
-    fn plain_nat() -> Nat {
-        Nat {
-            kind: None,
-            ip_min: Ipv4Addr::UNSPECIFIED,
-            ip_max: Ipv4Addr::UNSPECIFIED,
-            port_min: 0,
-            port_max: 0,
-        }
-    }
-
     fn nat(kind: NatKind, ip_min: Ipv4Addr, ip_max: Ipv4Addr, pmin: u16, pmax: u16) -> Nat {
         Nat {
             kind: Some(kind),
@@ -1515,7 +1505,7 @@ mod tests {
             icmp_type::DEST_UNREACH,
             tcp(A, 40000, D1, 8080),
         );
-        err.nat = Some(plain_nat());
+        err.nat = Some(Nat::UNNAT);
         let out = ct.execute(&err, 1);
         assert_eq!(out.state, TRK | REL | RPL | SNAT);
         assert_eq!(out.rewrite, Some(Tuple::new(VIP, A, ipproto::ICMP, 0, 0)));
@@ -1531,7 +1521,7 @@ mod tests {
             icmp_type::DEST_UNREACH,
             tcp(VIP, 80, A, 40000),
         );
-        err.nat = Some(plain_nat());
+        err.nat = Some(Nat::UNNAT);
         let out = ct.execute(&err, 1);
         assert_eq!(out.state, TRK | REL | DNAT);
         assert_eq!(out.rewrite, Some(Tuple::new(A, D1, ipproto::ICMP, 0, 0)));
@@ -1578,12 +1568,12 @@ mod tests {
         assert_eq!(out.rewrite, Some(tcp(A, 40000, D1, 8080)));
         // The backend answers to the client; un-DNAT restores the VIP.
         let back = tcp(D1, 8080, A, 40000);
-        let out = ct.execute(&with_nat(seg(back, SYN | ACK, false), plain_nat()), 1);
+        let out = ct.execute(&with_nat(seg(back, SYN | ACK, false), Nat::UNNAT), 1);
         assert_eq!(out.state, TRK | EST | RPL | SNAT);
         assert_eq!(out.rewrite, Some(tcp(VIP, 80, A, 40000)));
         // Later client packets through ct(nat) keep going to the backend,
         // whatever range a re-evaluated nat(dst=...) gives.
-        let out = ct.execute(&with_nat(seg(t, ACK, false), plain_nat()), 2);
+        let out = ct.execute(&with_nat(seg(t, ACK, false), Nat::UNNAT), 2);
         assert_eq!(out.state, TRK | EST | DNAT);
         assert_eq!(out.rewrite, Some(tcp(A, 40000, D1, 8080)));
         let other = nat(NatKind::Dst, C, C, 0, 0);
@@ -1638,7 +1628,7 @@ mod tests {
             ports.push(r.sport);
             // The server's reply to the translated port is un-NATed.
             let out = ct.execute(
-                &with_nat(pkt(udp(B, 53, NATIP, r.sport), false), plain_nat()),
+                &with_nat(pkt(udp(B, 53, NATIP, r.sport), false), Nat::UNNAT),
                 1,
             );
             assert_eq!(out.state, TRK | EST | RPL | DNAT);
@@ -1710,7 +1700,7 @@ mod tests {
         let r = out.rewrite.unwrap();
         assert_ne!(r.sport, 7);
         let mut reply = icmp(r.reverse(), icmp_type::ECHO_REPLY, false);
-        reply.nat = Some(plain_nat());
+        reply.nat = Some(Nat::UNNAT);
         let out = ct.execute(&reply, 1);
         assert_eq!(out.state, TRK | EST | RPL | DNAT);
         assert_eq!(out.rewrite, Some(req_c.reverse()));
@@ -1729,7 +1719,7 @@ mod tests {
             TRK | INV
         );
         // Plain nat on a new connection commits it without translation.
-        let out = ct.execute(&with_nat(seg(t, SYN, true), plain_nat()), 0);
+        let out = ct.execute(&with_nat(seg(t, SYN, true), Nat::UNNAT), 0);
         assert_eq!((out.state, out.rewrite), (TRK | NEW, None));
         assert_eq!(ct.dump().next().unwrap().nat, None);
     }
@@ -1871,7 +1861,7 @@ mod tests {
                 let flags = [SYN, SYN | ACK, ACK, FIN | ACK, RST, ACK | PSH][flags_sel as usize];
                 let nat_arg = match nat_sel {
                     0 => None,
-                    1 => Some(plain_nat()),
+                    1 => Some(Nat::UNNAT),
                     2 => Some(nat(NatKind::Src, NATIP, NATIP, 5000, 5002)),
                     3 => Some(nat(NatKind::Dst, D1, Ipv4Addr::new(10, 244, 1, 6), 0, 0)),
                     _ => Some(nat(NatKind::Src, NATIP, NATIP, 0, 0)),

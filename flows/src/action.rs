@@ -73,6 +73,28 @@ pub struct Nat {
     pub port_max: u16,
 }
 
+impl Nat {
+    /// Plain `nat`: only un-NAT packets of already-NATed connections.
+    pub const UNNAT: Nat = Nat {
+        kind: None,
+        ip_min: Ipv4Addr::UNSPECIFIED,
+        ip_max: Ipv4Addr::UNSPECIFIED,
+        port_min: 0,
+        port_max: 0,
+    };
+
+    /// `nat(src=|dst=ip:port)` to one address and port (port 0 keeps it).
+    pub fn to(kind: NatKind, ip: Ipv4Addr, port: u16) -> Nat {
+        Nat {
+            kind: Some(kind),
+            ip_min: ip,
+            ip_max: ip,
+            port_min: port,
+            port_max: port,
+        }
+    }
+}
+
 /// Arguments of `ct(...)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtArgs {

@@ -20,13 +20,12 @@ mod services;
 mod wiring;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 
 use flows::action::{Group, PortNo};
 use flows::flow_match::Match;
 use flows::pipeline::{FlowFilter, FlowMod, FlowSpec};
 
-use crate::model::{Model, ModelIssue};
+use crate::model::Model;
 use crate::snapshot::{ClusterSnapshot, Kind, ObjectRef};
 use layout::{CookieKind, COOKIE_OBJECT_MASK};
 
@@ -69,32 +68,7 @@ pub enum Unit {
     Policies,
 }
 
-/// A problem found while compiling, naming the object and field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Issue {
-    /// The object at fault.
-    pub object: ObjectRef,
-    /// The field path (`spec.ports[0].targetPort`).
-    pub field: String,
-    /// What is wrong and what was done about it.
-    pub message: String,
-}
-
-impl fmt::Display for Issue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: field {}: {}", self.object, self.field, self.message)
-    }
-}
-
-impl From<&ModelIssue> for Issue {
-    fn from(i: &ModelIssue) -> Issue {
-        Issue {
-            object: i.object.clone(),
-            field: i.field.clone(),
-            message: i.message.clone(),
-        }
-    }
-}
+pub use crate::model::Issue;
 
 /// The compiled output of one unit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -520,7 +494,7 @@ impl Compiler {
 
     /// Current problems: the model's and every unit's.
     pub fn issues(&self) -> Vec<Issue> {
-        let mut v: Vec<Issue> = self.model.issues.iter().map(Issue::from).collect();
+        let mut v: Vec<Issue> = self.model.issues.clone();
         for u in self.units.values() {
             v.extend(u.issues.iter().cloned());
         }

@@ -226,13 +226,7 @@ fn target(
                 true,
                 vlan,
                 Some(T_EGRESS),
-                Some(Nat {
-                    kind: Some(NatKind::Dst),
-                    ip_min: e.ip,
-                    ip_max: e.ip,
-                    port_min: e.port,
-                    port_max: e.port,
-                }),
+                Some(Nat::to(NatKind::Dst, e.ip, e.port)),
             )],
         })
         .collect();

@@ -102,7 +102,7 @@ pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
             F::new(T_CT, 100, c)
                 .ip()
                 .m(REG_TENANT, u64::from(v))
-                .a(ct(false, v, Some(T_CT_STATE), Some(plain_nat())))
+                .a(ct(false, v, Some(T_CT_STATE), Some(Nat::UNNAT)))
                 .done(),
         );
         f.push(
@@ -127,7 +127,7 @@ pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
                     .m(REG_TENANT, u64::from(v))
                     .addr(Field::NwDst, gw)
                     .mm(Field::CtState, 0, ct_state::TRK)
-                    .a(ct(false, hairpin_zone(v), Some(T_CT), Some(plain_nat())))
+                    .a(ct(false, hairpin_zone(v), Some(T_CT), Some(Nat::UNNAT)))
                     .done(),
             );
         }
@@ -297,13 +297,7 @@ pub(super) fn pod(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) -> Uni
                     true,
                     hairpin_zone(p.vlan),
                     Some(T_OUTPUT),
-                    Some(Nat {
-                        kind: Some(NatKind::Src),
-                        ip_min: gw,
-                        ip_max: gw,
-                        port_min: 0,
-                        port_max: 0,
-                    }),
+                    Some(Nat::to(NatKind::Src, gw, 0)),
                 ))
                 .done(),
         );
@@ -323,15 +317,4 @@ pub(super) fn pod(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) -> Uni
 fn local_gateway(input: &Input<'_>) -> Option<Ipv4Addr> {
     let node = input.model.nodes.get(&input.cfg.node)?;
     node.pod_cidrs.first().map(gateway_of)
-}
-
-/// Plain `nat`: only un-NAT packets of NATed connections.
-fn plain_nat() -> Nat {
-    Nat {
-        kind: None,
-        ip_min: Ipv4Addr::UNSPECIFIED,
-        ip_max: Ipv4Addr::UNSPECIFIED,
-        port_min: 0,
-        port_max: 0,
-    }
 }
