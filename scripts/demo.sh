@@ -41,9 +41,7 @@ echo "== building ferrovs (release)"
 cargo build --release --locked -p tools -p control --bins
 BIN=$PWD/target/release
 T_START=$(date +%s)
-WORK=$(mktemp -d /tmp/ferrovs-demo.XXXX)
-CLUSTER=$WORK/cluster # the manifest directory both agents watch
-mkdir -p "$CLUSTER" "$WORK/node-a/cni" "$WORK/node-b/cni"
+WORK=       # scratch directory: configs, manifests, CNI state, logs
 PIDS=()     # background processes, stopped in reverse order
 NSS=()      # pod network namespaces
 CNI_DONE=() # "node ns pod" of pods attached with ferrovs-cni
@@ -63,8 +61,11 @@ show_logs() {
 cleanup() {
   local rc=$?
   set +e
-  trap - EXIT INT TERM
-  if [ "$rc" -ne 0 ] && [ "$FAILED" = 0 ]; then
+  exec 1>&3 2>&4 # a signal may arrive inside a redirected command
+  trap - EXIT
+  trap '' INT TERM # a second Ctrl-C must not cut the cleanup short
+  # Logs when something broke (failed checks show them already; not on Ctrl-C).
+  if [ "$rc" -ne 0 ] && [ "$FAILED" = 0 ] && [ "$rc" -ne 130 ] && [ "$rc" -ne 143 ]; then
     echo "demo: stopped (exit code $rc); logs:"
     show_logs
   fi
@@ -88,12 +89,17 @@ cleanup() {
     ip netns del "$n" 2>/dev/null
   done
   ip link del "$UL_A" 2>/dev/null
-  rm -rf "$WORK"
+  [ -n "$WORK" ] && rm -rf "$WORK"
   exit "$rc"
 }
+# The terminal's stdout and stderr, for the traps and cleanup.
+exec 3>&1 4>&2
 trap cleanup EXIT
-trap 'echo; echo "demo: interrupted"; exit 130' INT
-trap 'echo "demo: terminated"; exit 143' TERM
+trap 'printf "\ndemo: interrupted\n" >&3; exit 130' INT
+trap 'echo "demo: terminated" >&3; exit 143' TERM
+WORK=$(mktemp -d /tmp/ferrovs-demo.XXXX)
+CLUSTER=$WORK/cluster # the manifest directory both agents watch
+mkdir -p "$CLUSTER" "$WORK/node-a/cni" "$WORK/node-b/cni"
 
 # --- helpers --------------------------------------------------------------
 section() { echo; echo "== $*"; }
@@ -112,8 +118,7 @@ wait_for() {
   until "$@" >/dev/null 2>&1; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "demo: timed out after ${secs}s waiting for $what" >&2
-      show_logs >&2
-      exit 1
+      exit 1 # cleanup shows the logs
     fi
     sleep 0.05
   done
@@ -198,10 +203,10 @@ check_ping() { # check_ping WHAT EXPECTED FROM DST_IP
   result "$1" "$2" "$got"
 }
 
-check_http() { # check_http WHAT EXPECTED FROM URL: EXPECTED is the body or "refused"
+check_http() { # check_http WHAT EXPECTED FROM URL: EXPECTED is the body, or "blocked" (no answer within 2 s)
   local got
   got=$(fetch "$3" "$4" 2>/dev/null | tr -d '\r\n') || true
-  [ -n "$got" ] || got=refused
+  [ -n "$got" ] || got=blocked
   result "$1" "$2" "$got"
 }
 
@@ -237,6 +242,16 @@ objects_loaded() { # NODE OBJECT...: every object has flows on the node
 }
 
 # --- the cluster --------------------------------------------------------
+# Leftovers of a run that was killed with SIGKILL (the names are the demo's).
+for n in $(ip netns list | awk '$1 ~ /^fdemo-/ {print $1}'); do
+  echo "demo: removing namespace $n left by an earlier run"
+  for p in $(ip netns pids "$n"); do kill -KILL "$p"; done
+  ip netns del "$n"
+done
+if [ -e "/sys/class/net/$UL_A" ]; then
+  echo "demo: removing $UL_A left by an earlier run"
+  ip link del "$UL_A"
+fi
 section "underlay: veth $UL_A (node-a, 192.168.77.1) <-> $UL_B (node-b, 192.168.77.2)"
 ip link add "$UL_A" type veth peer name "$UL_B"
 ip link set "$UL_A" up
@@ -284,10 +299,10 @@ local_ip = "$ip4"
 remote_ip = "flow"
 key = "flow"
 EOF
-  RUST_LOG=warn "$BIN/ferrovsd" --config "$WORK/$node/ferrovsd.toml" >"$WORK/ferrovsd-$node.log" 2>&1 &
+  NO_COLOR=1 RUST_LOG=warn "$BIN/ferrovsd" --config "$WORK/$node/ferrovsd.toml" >"$WORK/ferrovsd-$node.log" 2>&1 &
   PIDS+=($!)
   wait_for "ferrovsd of $node" 10 ctl "$node" list-ports
-  RUST_LOG=info "$BIN/ferrovs-agent" --node "$node" --manifests "$CLUSTER" \
+  NO_COLOR=1 RUST_LOG=info "$BIN/ferrovs-agent" --node "$node" --manifests "$CLUSTER" \
     --socket "$WORK/$node/ferrovsd.sock" --cni-state "$WORK/$node/cni" \
     --tunnel-port vxlan0 >"$WORK/agent-$node.log" 2>&1 &
   PIDS+=($!)
@@ -373,20 +388,20 @@ section "checks"
 check_ping "shop/client -> shop/web-1 ping (same node)" reaches shop/client "$WEB1"
 check_ping "shop/client -> shop/web-2 ping (node-a -> node-b over VXLAN)" reaches shop/client "$WEB2"
 check_http "shop-2/cart -> web-2:8080 (same tenant, other namespace)" web-2 shop-2/cart "http://$WEB2:8080/"
-echo "  shop/client -> http://10.96.0.10/ (Service shop/web), 8 new connections:"
-seen=$(spread shop/client http://10.96.0.10/ 8)
+echo "  shop/client -> http://10.96.0.10/ (Service shop/web), 12 new connections:"
+seen=$(spread shop/client http://10.96.0.10/ 12)
 echo "    answers: $seen"
 got=missing
 [[ $seen == *web-1:* && $seen == *web-2:* && $seen != *"(none)"* ]] && got=both
 result "  ... both endpoints answer (web-1 local, web-2 via VXLAN)" both "$got"
 got=$(fetch shop-2/cart http://10.96.0.10/ 2>/dev/null | tr -d '\r\n') || true
 [[ $got == web-[12] ]] && got=web-1/2
-result "shop-2/cart -> http://10.96.0.10/ (Service, from node-b)" web-1/2 "${got:-refused}"
+result "shop-2/cart -> http://10.96.0.10/ (Service, from node-b)" web-1/2 "${got:-blocked}"
 check_ping "shop/client -> bank/vault ping (tenant blue -> red)" blocked shop/client "$VAULT"
-check_http "shop/client -> bank/vault:5432 (tenant blue -> red)" refused shop/client "http://$VAULT:5432/"
+check_http "shop/client -> bank/vault:5432 (tenant blue -> red)" blocked shop/client "http://$VAULT:5432/"
 check_http "bank/teller -> bank/vault:5432 (allowed, node-b -> node-a)" vault bank/teller "http://$VAULT:5432/"
-check_http "bank/auditor -> bank/vault:5432 (policy: only the teller)" refused bank/auditor "http://$VAULT:5432/"
-check_http "bank/teller -> bank/vault:8080 (policy: only port 5432)" refused bank/teller "http://$VAULT:8080/"
+check_http "bank/auditor -> bank/vault:5432 (policy: only the teller)" blocked bank/auditor "http://$VAULT:5432/"
+check_http "bank/teller -> bank/vault:8080 (policy: only port 5432)" blocked bank/teller "http://$VAULT:8080/"
 
 section "live change: delete pod shop/web-2 (rm its manifest, then CNI DEL)"
 rm "$CLUSTER/pod-shop-web-2.yaml"
