@@ -444,8 +444,13 @@ echo "$trace"
 got=other
 grep -q "Verdict: dropped, decided by NetworkPolicy bank/vault-ingress" <<<"$trace" && got=policy
 result "trace names the deciding NetworkPolicy" policy "$got"
+section "ferrovs-ctl dump-groups (node-a): Service shop/web, now only web-1"
+ctl node-a dump-groups
 section "ferrovs-ctl show (node-a)"
 ctl node-a show
+for p in "${!POD_NODE[@]}"; do
+  if [ "${POD_NODE[$p]}" = node-a ]; then echo "  ${POD_PORTNAME[$p]} is $p's host interface"; fi
+done | sort
 section "ferrovs-ctl dump-names | head (node-a): which object each cookie belongs to"
 ctl node-a dump-names >"$WORK/names.txt"
 head "$WORK/names.txt"
