@@ -61,6 +61,8 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in log files, `kubectl logs` or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let Some(gateway_mac) = parse_mac(&args.gateway_mac) else {
@@ -125,7 +127,7 @@ fn round(agent: &mut Agent, changed: Vec<ObjectRef>) -> bool {
                     full = r.full,
                     ports_added = r.ports_added,
                     ports_removed = r.ports_removed,
-                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    ms = format_args!("{:.1}", t.elapsed().as_secs_f64() * 1e3),
                     "switch updated"
                 );
             }
