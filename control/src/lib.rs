@@ -1,9 +1,10 @@
-//! `control` is the foundation of `ferrovs-agent`, which turns Kubernetes
-//! state (Nodes, Namespaces, Pods, Services, EndpointSlices, NetworkPolicies)
-//! into ferrovs flows. It only knows [`flows`]; the datapath never sees
-//! Kubernetes.
+//! `control` is `ferrovs-agent`, which turns Kubernetes state (Nodes,
+//! Namespaces, Pods, Services, EndpointSlices, NetworkPolicies) into ferrovs
+//! flows, and the CNI plugin `ferrovs-cni`. It only knows [`flows`]; the
+//! datapath never sees Kubernetes, and the agent talks to ferrovsd through
+//! its management socket.
 //!
-//! Today it holds the cluster-state model and a way to fill it:
+//! From state to flows:
 //! - [`snapshot`]: [`ClusterSnapshot`], the objects the agent uses (real
 //!   `k8s-openapi` types) in `BTreeMap`s keyed by [`ObjectRef`], so that
 //!   iteration is deterministic; [`Object`] is one object of a used [`Kind`].
@@ -12,8 +13,13 @@
 //!   reporting each bad object as a [`ManifestError`] and loading the rest.
 //! - [`watch`]: [`watch_cluster`] follows a live API server (`kube` watchers)
 //!   as [`WatchEvent`]s; [`apply_event`] folds them into a snapshot.
-//!
-//! The flow compiler, the Kubernetes watcher and the daemon come later.
+//! - [`model`]: the resolved view (nodes, tenants, pods, label selectors).
+//! - [`compile`]: the pure compiler, in units, with per-unit diffs
+//!   ([`compile::Compiler`]); its pipeline layout is [`compile::layout`].
+//! - [`sim`]: compiled flows evaluated in a pipeline without a switch.
+//! - [`agent`]: the daemon's rounds: pod ports, full resync, incremental
+//!   bundles to ferrovsd.
+//! - [`attach`] and [`cni`]: the CNI plugin's attachment records and logic.
 #![forbid(unsafe_code)]
 
 pub mod agent;
