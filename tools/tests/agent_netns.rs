@@ -990,6 +990,21 @@ fn agent_tenants_isolated() {
             c.fail(&format!("{from} -> 10.244.1.40 must reach {to}: {got:?}"));
         }
     }
+    // A policy of the blue tenant admits red-1 (app a) into blue-1: the
+    // only way traffic crosses tenants. Real TCP, both directions.
+    c.write(
+        "50-from-red.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-red, namespace: blue}\n\
+         spec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: \
+         {kubernetes.io/metadata.name: red}}, podSelector: {matchLabels: {app: a}}}]\n    ports: [{port: 8080}]\n",
+    );
+    c.reload();
+    c.assert_reaches("red-1", "blue-1");
+    c.assert_blocked("red-2", "blue-1");
+    c.assert_blocked("blue-1", "red-1");
+    c.remove("50-from-red.yaml");
+    c.reload();
+    c.assert_blocked("red-1", "blue-1");
     // ferrovsd restarts between two agent rounds: the agent notices,
     // re-adds the AF_XDP ports and resends everything.
     c.sw.restart().unwrap();

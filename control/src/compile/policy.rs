@@ -323,6 +323,10 @@ fn compile_policy(
             }
             peer_pods.sort_by_key(|p| (p.vlan, p.ip));
             peer_pods.dedup_by_key(|p| (p.vlan, p.ip));
+            if !egress {
+                let cookie = ids.cookie(CookieKind::Policy, &r, ri as u32 + 1);
+                cross_tenant_routes(b, cookie, &local, &peer_pods);
+            }
             let self_member = |p: &PodInfo| {
                 Member { fields: vec![] }
                     .with(REG_TENANT, u64::from(p.vlan), full(REG_TENANT))
@@ -458,6 +462,82 @@ fn emit_part(
             .done(),
     );
 }
+
+/// Routes that let an ingress rule admit peers of other tenants (the one
+/// way traffic crosses tenants): on the node of each selected pod `P`
+/// (tenant B), packets of tenant A addressed to `P` are tracked in B's
+/// conntrack zone (so both directions meet one connection entry), switch to
+/// tenant B and are routed again, so B's ingress policy decides and the
+/// connection is committed in B's zone; replies from `P` to a peer `Q` of tenant A switch
+/// back to A (only replies: `ct_state=+rpl`, so `P` cannot open connections
+/// into A). Traffic from a remote `Q` reaches this node through A's normal
+/// overlay route; replies to it leave through A's.
+fn cross_tenant_routes(b: &mut Builder, cookie: u64, local: &[&PodInfo], peers: &[&PodInfo]) {
+    use flows::action::SubField;
+    use flows::key::ct_state;
+    let switch_to = |f: F, vlan: u16| {
+        f.a(Action::Load {
+            value: u64::from(vlan),
+            dst: SubField::whole(REG_TENANT),
+        })
+        .a(Action::Resubmit {
+            port: None,
+            table: Some(T_ROUTE),
+        })
+        .done()
+    };
+    for p in local {
+        let foreign: std::collections::BTreeSet<u16> = peers
+            .iter()
+            .map(|q| q.vlan)
+            .filter(|v| *v != p.vlan)
+            .collect();
+        for a in foreign {
+            // Both directions tracked in B's zone on this node.
+            b.flows.push(
+                F::new(T_CT, PRIO_CROSS, cookie)
+                    .ip()
+                    .m(REG_TENANT, u64::from(a))
+                    .addr(Field::NwDst, p.ip)
+                    .a(ct(
+                        false,
+                        p.vlan,
+                        Some(T_CT_STATE),
+                        Some(flows::action::Nat::UNNAT),
+                    ))
+                    .done(),
+            );
+            b.flows.push(switch_to(
+                F::new(T_ROUTE, PRIO_CROSS, cookie)
+                    .ip()
+                    .m(REG_TENANT, u64::from(a))
+                    .addr(Field::NwDst, p.ip),
+                p.vlan,
+            ));
+        }
+        for q in peers.iter().filter(|q| q.vlan != p.vlan) {
+            b.flows.push(switch_to(
+                F::new(T_ROUTE, PRIO_CROSS_REPLY, cookie)
+                    .ip()
+                    .mm(
+                        Field::CtState,
+                        ct_state::RPL | ct_state::TRK,
+                        ct_state::RPL | ct_state::TRK,
+                    )
+                    .m(REG_TENANT, u64::from(p.vlan))
+                    .addr(Field::NwSrc, p.ip)
+                    .addr(Field::NwDst, q.ip),
+                q.vlan,
+            ));
+        }
+    }
+}
+
+/// Priority of cross-tenant routes into a selected pod.
+pub const PRIO_CROSS: u16 = 150;
+/// Priority of cross-tenant reply routes (above local delivery, so a
+/// reply goes back to the peer's tenant).
+pub const PRIO_CROSS_REPLY: u16 = 250;
 
 /// Where an allowed packet goes on from a policy table.
 fn next_table(table: u8) -> u8 {

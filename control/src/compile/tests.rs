@@ -1111,3 +1111,92 @@ fn full_recompile_is_a_no_op_delta() {
     let d = w.comp.full(&w.snap, &w.ports);
     assert!(d.is_empty(), "{}", bundle_text(&d));
 }
+
+#[test]
+fn np_cross_tenant_only_when_a_policy_allows() {
+    let mut objs = base();
+    objs.push(pod(
+        "red",
+        "r2",
+        "a",
+        "10.244.1.31",
+        json!({"app": "other"}),
+    ));
+    objs.push(pod("red", "r3", "b", "10.244.2.31", json!({"app": "web"})));
+    let mut w = World::new("a", objs);
+    assert_eq!(w.tcp("red", "r1", "10.244.1.10", 80), Verdict::Dropped);
+    // default/web-1 admits red pods labelled app=web on port 80.
+    w.change(vec![np("default", "from-red", json!({
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "red"}},
+                               "podSelector": {"matchLabels": {"app": "web"}}}],
+                     "ports": [{"port": 80}]}]
+    }))]);
+    let (web1, web1_pod) = w.pod("default", "web-1");
+    let (v, objs) = w.from("red", "r1", "10.244.1.10", 6, 80);
+    assert!(delivered_to(web1)(&v), "{v:?} {objs:?}");
+    assert!(
+        objs.iter()
+            .any(|o| o.contains("NetworkPolicy default/from-red ingress rule #0")),
+        "{objs:?}"
+    );
+    assert_eq!(
+        w.tcp("red", "r1", "10.244.1.10", 81),
+        Verdict::Dropped,
+        "port"
+    );
+    assert_eq!(
+        w.tcp("red", "r2", "10.244.1.10", 80),
+        Verdict::Dropped,
+        "not a peer"
+    );
+    assert_eq!(
+        w.tcp("default", "client", "10.244.1.10", 80),
+        Verdict::Dropped,
+        "isolated now"
+    );
+    // From the other node: arrives with VNI 10 and is admitted.
+    let mut k = packet(&Pkt {
+        in_port: TUN,
+        dl_src: [2, 0, 0, 0, 0, 9],
+        dl_dst: GW_MAC,
+        src: ip("10.244.2.31"),
+        dst: ip("10.244.1.10"),
+        proto: 6,
+        sport: 40000,
+        dport: 80,
+    });
+    k.set(flows::field::Field::TunId, 10);
+    assert!(delivered_to(web1)(&w.sim.run(&k, NEW).0));
+    // Replies go back into the red tenant (locally and over the tunnel)...
+    let reply = |dst: &str| {
+        packet(&Pkt {
+            in_port: web1,
+            dl_src: web1_pod.mac,
+            dl_dst: GW_MAC,
+            src: web1_pod.ip,
+            dst: ip(dst),
+            proto: 6,
+            sport: 80,
+            dport: 40000,
+        })
+    };
+    let (r1, _) = w.pod("red", "r1");
+    assert!(delivered_to(r1)(&w.sim.run(&reply("10.244.1.30"), REPLY).0));
+    match w.sim.run(&reply("10.244.2.31"), REPLY).0 {
+        Verdict::Delivered { port, tunnel, .. } => {
+            assert_eq!(port, TUN);
+            assert_eq!(
+                tunnel,
+                Some((ip("192.168.0.2"), 10)),
+                "VNI of the red tenant"
+            );
+        }
+        v => panic!("{v:?}"),
+    }
+    // ...but web-1 cannot open connections into red.
+    assert_eq!(w.sim.run(&reply("10.244.1.30"), NEW).0, Verdict::Dropped);
+    // Deleting the policy closes the door again.
+    w.delete(ObjectRef::new(Kind::NetworkPolicy, "default", "from-red"));
+    assert_eq!(w.tcp("red", "r1", "10.244.1.10", 80), Verdict::Dropped);
+}
