@@ -129,6 +129,9 @@ pub struct AgentConfig {
     pub cni_state: PathBuf,
     /// Name of the flow-based VXLAN port in ferrovsd.
     pub tunnel_port: String,
+    /// Name of a VLAN trunk port to the other nodes (used instead of the
+    /// tunnel when given).
+    pub trunk_port: Option<String>,
     /// MAC the switch answers ARP with.
     pub gateway_mac: [u8; 6],
     /// Extra `add-port` arguments for pod ports (`type=memory` in tests).
@@ -248,15 +251,26 @@ impl Agent {
         let switch_ports = self.sw.ports()?;
         if self.comp.is_none() {
             let tunnel_port = switch_ports.get(&self.cfg.tunnel_port).copied();
-            if tunnel_port.is_none() {
+            let trunk_port = match &self.cfg.trunk_port {
+                None => None,
+                Some(name) => {
+                    let no = switch_ports.get(name).copied();
+                    if no.is_none() {
+                        tracing::warn!(port = %name, "no such trunk port in ferrovsd");
+                    }
+                    no
+                }
+            };
+            if tunnel_port.is_none() && trunk_port.is_none() {
                 tracing::warn!(
                     port = %self.cfg.tunnel_port,
-                    "no tunnel port in ferrovsd: pods on other nodes are unreachable"
+                    "no tunnel or trunk port in ferrovsd: pods on other nodes are unreachable"
                 );
             }
             self.comp = Some(Compiler::new(Config {
                 node: self.cfg.node.clone(),
                 tunnel_port,
+                trunk_port,
                 gateway_mac: self.cfg.gateway_mac,
             }));
         }

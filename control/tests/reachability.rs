@@ -31,6 +31,7 @@ fn reachability_matrix_matches_kubernetes_semantics() {
     let mut comp = Compiler::new(Config {
         node: "node-a".into(),
         tunnel_port: Some(100),
+        trunk_port: None,
         gateway_mac: GW,
     });
     let delta = comp.full(&snap, &ports);

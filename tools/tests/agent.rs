@@ -67,6 +67,7 @@ fn agent(sw: &Ferrovsd, cni: &Path) -> Agent {
         socket: sw.socket.clone(),
         cni_state: cni.to_path_buf(),
         tunnel_port: "vxlan0".into(),
+        trunk_port: None,
         gateway_mac: [2, 0xfe, 0, 0, 0, 1],
         port_args: vec!["type=memory".into()],
     })
@@ -228,6 +229,7 @@ fn agent_keeps_state_when_ferrovsd_is_unreachable() {
         socket: cni.0.join("nope.sock"),
         cni_state: cni.0.clone(),
         tunnel_port: "vxlan0".into(),
+        trunk_port: None,
         gateway_mac: [2, 0xfe, 0, 0, 0, 1],
         port_args: vec![],
     });

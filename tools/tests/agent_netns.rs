@@ -248,6 +248,21 @@ fn agent_on(node: &str, sw: &Ferrovsd, cni: &TempDir) -> Agent {
         socket: sw.socket.clone(),
         cni_state: cni.0.clone(),
         tunnel_port: "vxlan0".into(),
+        trunk_port: None,
+        gateway_mac: [2, 0xfe, 0, 0, 0, 1],
+        port_args: vec![],
+    })
+}
+
+/// An agent for `node` whose other nodes are reached over the VLAN trunk
+/// port `trunk`.
+fn agent_trunk(node: &str, sw: &Ferrovsd, cni: &TempDir, trunk: &str) -> Agent {
+    Agent::new(AgentConfig {
+        node: node.into(),
+        socket: sw.socket.clone(),
+        cni_state: cni.0.clone(),
+        tunnel_port: "vxlan0".into(),
+        trunk_port: Some(trunk.into()),
         gateway_mac: [2, 0xfe, 0, 0, 0, 1],
         port_args: vec![],
     })
@@ -290,6 +305,13 @@ impl Cluster {
     /// manifests, runs the agent's first round and waits until the first
     /// pod reaches every other one.
     fn new(namespaces: &str, specs: &[PodSpec]) -> Cluster {
+        Cluster::build(namespaces, specs, false)
+    }
+
+    /// Like [`Cluster::new`]; with `trunk`, the two nodes are joined by the
+    /// underlay veth as a VLAN trunk (AF_XDP port on each side) instead of
+    /// VXLAN.
+    fn build(namespaces: &str, specs: &[PodSpec], trunk: bool) -> Cluster {
         let mut pods = BTreeMap::new();
         let mut manifests_of = BTreeMap::new();
         let mut servers = Vec::new();
@@ -328,24 +350,37 @@ impl Cluster {
             }
             ul
         });
+        let trunk_port = |dev: &str| format!("[[port]]\nname = \"{dev}\"\nofport = 90\n");
         let port_a = match &underlay {
+            Some(ul) if trunk => trunk_port(&ul.host),
             Some(ul) => vxlan_port(&ul.host, "192.168.50.1"),
             None => "[[port]]\nname = \"vxlan0\"\nofport = 100\ntype = \"memory\"\n".into(),
         };
         let sw = Ferrovsd::start("fvtnode", &port_a, None).unwrap();
         let remote = underlay.as_ref().map(|ul| {
-            let sw =
-                Ferrovsd::start("fvtnodeb", &vxlan_port(&ul.peer, "192.168.50.2"), None).unwrap();
+            let cfg = if trunk {
+                trunk_port(&ul.peer)
+            } else {
+                vxlan_port(&ul.peer, "192.168.50.2")
+            };
+            let sw = Ferrovsd::start("fvtnodeb", &cfg, None).unwrap();
             let cni = TempDir::new("fvtcni");
+            let mut agent = agent_on("node-b", &sw, &cni);
+            if trunk {
+                agent = agent_trunk("node-b", &sw, &cni, &ul.peer);
+            }
             Remote {
-                agent: agent_on("node-b", &sw, &cni),
+                agent,
                 sw,
                 _cni: cni,
             }
         });
         let dir = TempDir::new("fvtman");
         let cni = TempDir::new("fvtcni");
-        let agent = agent_for(&sw, &cni);
+        let agent = match (&underlay, trunk) {
+            (Some(ul), true) => agent_trunk("node-a", &sw, &cni, &ul.host),
+            _ => agent_for(&sw, &cni),
+        };
         let mut c = Cluster {
             sw,
             remote,
@@ -1076,4 +1111,40 @@ fn agent_two_nodes_overlay() {
     c.assert_blocked("other", "web-b");
     c.assert_reaches("web-b", "other");
     println!("agent_two_nodes_overlay: {:?}", t0.elapsed());
+}
+
+/// Two nodes joined by a VLAN trunk instead of VXLAN: each tenant crosses
+/// it tagged with its own VLAN id.
+#[test]
+fn agent_two_nodes_trunk() {
+    if !require_root() {
+        return;
+    }
+    let t0 = Instant::now();
+    let c = Cluster::build(
+        &format!("{SHOP}---\n{TENANTS}"),
+        &[
+            spec("client", "shop", 20, "client"),
+            spec("web-b", "shop", 10, "web").on_b(),
+            spec("red-a", "red", 30, "a"),
+            spec("red-b", "red", 30, "b").on_b(),
+            spec("blue-b", "blue", 31, "b").on_b(),
+        ],
+        true,
+    );
+    let got = c.connect_until("client", &c.ip("web-b"), 8080, Duration::from_secs(10));
+    if got != Conn::Ok("web-b".into()) {
+        c.fail(&format!("client -> web-b over the trunk: {got:?}"));
+    }
+    c.assert_reaches("web-b", "client");
+    c.assert_reaches("red-b", "red-a");
+    c.assert_reaches("red-a", "red-b");
+    c.assert_blocked("red-a", "blue-b");
+    c.assert_blocked("blue-b", "red-a");
+    c.assert_blocked("client", "red-b");
+    let report = c.bulk("client", &c.ip("web-b"), 8081, 2_000_000);
+    if !report.starts_with("ok ") {
+        c.fail(&format!("2 MB client <-> web-b over the trunk: {report}"));
+    }
+    println!("agent_two_nodes_trunk: {:?}", t0.elapsed());
 }

@@ -59,6 +59,7 @@ fn main() {
     let mut comp = Compiler::new(Config {
         node: "node-0".into(),
         tunnel_port: Some(60000),
+        trunk_port: None,
         gateway_mac: [2, 0xfe, 0, 0, 0, 1],
     });
 

@@ -37,6 +37,10 @@ struct Args {
     /// Name of ferrovsd's flow-based VXLAN port.
     #[arg(long, default_value = "vxlan0")]
     tunnel_port: String,
+    /// A VLAN trunk port to the other nodes, used instead of the tunnel:
+    /// tenant traffic crosses it tagged with the tenant's VLAN id.
+    #[arg(long)]
+    trunk_port: Option<String>,
     /// MAC the switch answers ARP with for the gateway and proxied IPs.
     #[arg(long, default_value = "02:fe:00:00:00:01")]
     gateway_mac: String,
@@ -80,6 +84,7 @@ fn main() {
         socket: args.socket.clone(),
         cni_state: args.cni_state.clone(),
         tunnel_port: args.tunnel_port.clone(),
+        trunk_port: args.trunk_port.clone(),
         gateway_mac,
         port_args: args.port_args.clone(),
     };
@@ -105,6 +110,7 @@ fn print(args: &Args, gateway_mac: [u8; 6]) -> i32 {
     let mut c = Compiler::new(Config {
         node: args.node.clone(),
         tunnel_port: Some(0xff00 - 1),
+        trunk_port: None,
         gateway_mac,
     });
     c.full(&snap, &ports);

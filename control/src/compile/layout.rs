@@ -196,6 +196,12 @@ impl F {
     }
 }
 
+/// The MAC a node's switch uses on a VLAN trunk: `0a:fe` + its InternalIP.
+pub fn node_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0xfe, o[0], o[1], o[2], o[3]]
+}
+
 /// `ct(...)` arguments.
 pub fn ct(commit: bool, zone: u16, table: Option<u8>, nat: Option<flows::action::Nat>) -> Action {
     Action::Ct(CtArgs {

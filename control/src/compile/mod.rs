@@ -36,6 +36,10 @@ pub struct Config {
     pub node: String,
     /// The flow-based VXLAN port (remote IP and VNI set per flow).
     pub tunnel_port: Option<PortNo>,
+    /// A VLAN trunk to the other nodes, used instead of the tunnel when
+    /// set: tenant traffic crosses it tagged with the tenant's VLAN id,
+    /// addressed to the node's MAC ([`layout::node_mac`]).
+    pub trunk_port: Option<PortNo>,
     /// The MAC the switch answers ARP with for the gateway and proxied IPs.
     pub gateway_mac: [u8; 6],
 }
@@ -45,6 +49,7 @@ impl Default for Config {
         Config {
             node: String::new(),
             tunnel_port: None,
+            trunk_port: None,
             gateway_mac: [0x02, 0xfe, 0, 0, 0, 1],
         }
     }

@@ -64,6 +64,7 @@ impl World {
             comp: Compiler::new(Config {
                 node: node.into(),
                 tunnel_port: Some(TUN),
+                trunk_port: None,
                 gateway_mac: GW_MAC,
             }),
             sim: Sim::new(),
@@ -1199,4 +1200,78 @@ fn np_cross_tenant_only_when_a_policy_allows() {
     // Deleting the policy closes the door again.
     w.delete(ObjectRef::new(Kind::NetworkPolicy, "default", "from-red"));
     assert_eq!(w.tcp("red", "r1", "10.244.1.10", 80), Verdict::Dropped);
+}
+
+#[test]
+fn trunk_transport_tags_tenants_with_their_vlan() {
+    const TRUNK: PortNo = 90;
+    let mut w = World::new("a", base());
+    let mut comp = Compiler::new(Config {
+        node: "a".into(),
+        tunnel_port: Some(TUN),
+        trunk_port: Some(TRUNK),
+        gateway_mac: GW_MAC,
+    });
+    let d = comp.full(&w.snap, &w.ports);
+    w.sim = Sim::new();
+    w.sim
+        .set_ports(w.ports.values().copied().chain([TUN, TRUNK]));
+    w.sim.apply(&d).unwrap();
+    let node_a = layout::node_mac(ip("192.168.0.1"));
+    let node_b = layout::node_mac(ip("192.168.0.2"));
+    for (ns, name, vlan) in [("red", "r1", 10u16), ("default", "client", 1)] {
+        let (port, p) = w.pod(ns, name);
+        let k = packet(&Pkt {
+            in_port: port,
+            dl_src: p.mac,
+            dl_dst: GW_MAC,
+            src: p.ip,
+            dst: ip("10.244.2.10"),
+            proto: 6,
+            sport: 1,
+            dport: 80,
+        });
+        let (v, passes) = w.sim.run(&k, NEW);
+        assert!(delivered_to(TRUNK)(&v), "{v:?}");
+        let acts = &passes.last().unwrap().x.actions;
+        use flows::xlate::DpAction;
+        assert!(
+            acts.contains(&DpAction::SetField(
+                flows::field::Field::DlDst,
+                flows::key::mac_to_u64(node_b)
+            )),
+            "{acts:?}"
+        );
+        assert!(
+            acts.iter().any(
+                |a| matches!(a, DpAction::PushVlan(t) | DpAction::SetVlan(t) if t & 0xfff == vlan)
+            ),
+            "{acts:?}"
+        );
+        assert!(
+            !acts.iter().any(|a| matches!(a, DpAction::SetTunnel { .. })),
+            "{acts:?}"
+        );
+    }
+    // Trunk ingress: tagged with red's VLAN, addressed to this node.
+    let (r1, _) = w.pod("red", "r1");
+    let mut k = packet(&Pkt {
+        in_port: TRUNK,
+        dl_src: node_b,
+        dl_dst: node_a,
+        src: ip("10.244.2.31"),
+        dst: ip("10.244.1.30"),
+        proto: 6,
+        sport: 1,
+        dport: 80,
+    });
+    k.set(flows::field::Field::VlanTci, 0x1000 | 10);
+    assert!(delivered_to(r1)(&w.sim.run(&k, NEW).0));
+    // The default tenant's tag does not reach a red pod.
+    k.set(flows::field::Field::VlanTci, 0x1000 | 1);
+    assert_eq!(w.sim.run(&k, NEW).0, Verdict::Dropped);
+    // Nor does a frame for another node's MAC.
+    k.set(flows::field::Field::VlanTci, 0x1000 | 10);
+    k.set(flows::field::Field::DlDst, flows::key::mac_to_u64(node_b));
+    assert_eq!(w.sim.run(&k, NEW).0, Verdict::Dropped);
 }

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use flows::action::{Action, Nat, NatKind};
 use flows::field::Field;
 use flows::key::ct_state;
+use flows::pipeline::FlowSpec;
 
 use super::layout::*;
 use super::{finish, Ids, Input, Issue, UnitOutput};
@@ -131,6 +132,29 @@ pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
                     .done(),
             );
         }
+        if let (Some(trunk), Some(me)) = (cfg.trunk_port, local_ip(input)) {
+            // Trunk ingress: our node MAC and a tenant tag.
+            f.push(
+                F::new(T_CLASSIFY, 100, c)
+                    .m(Field::InPort, u64::from(trunk))
+                    .mm(Field::VlanTci, u64::from(0x1000 | v), 0x1fff)
+                    .mac(Field::DlDst, node_mac(me))
+                    .ip()
+                    .a(Action::PopVlan)
+                    .load(REG_TENANT, u64::from(v))
+                    .load(REG_FLAGS, FLAG_FROM_TUNNEL)
+                    .goto(T_CT)
+                    .done(),
+            );
+            f.push(
+                F::new(T_OUTPUT, 100, c)
+                    .m(REG_OUT, u64::from(trunk))
+                    .m(REG_TENANT, u64::from(v))
+                    .a(Action::SetVlanVid(v))
+                    .a(Action::Output(trunk))
+                    .done(),
+            );
+        }
         if let Some(tun) = cfg.tunnel_port {
             f.push(
                 F::new(T_CLASSIFY, 100, c)
@@ -144,9 +168,9 @@ pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
             );
         }
     }
-    let Some(tun) = cfg.tunnel_port else {
+    if cfg.tunnel_port.is_none() && cfg.trunk_port.is_none() {
         return finish(out);
-    };
+    }
     for node in m.nodes.values() {
         if node.name == cfg.node || node.pod_cidrs.is_empty() {
             continue;
@@ -159,23 +183,12 @@ pub(super) fn network(input: &Input<'_>, ids: &mut Ids) -> UnitOutput {
         );
         for t in m.tenants.values() {
             for net in &node.pod_cidrs {
-                out.flows.push(
-                    F::new(T_ROUTE, 100, c)
-                        .ip()
-                        .m(REG_TENANT, u64::from(t.vlan))
-                        .mm(REG_FLAGS, 0, FLAG_FROM_TUNNEL)
-                        .net(Field::NwDst, *net)
-                        .a(Action::SetDlSrc(cfg.gateway_mac))
-                        .a(Action::SetTunnel(u64::from(t.vlan)))
-                        .a(Action::SetField {
-                            field: Field::TunDst,
-                            value: u64::from(u32::from(ip)),
-                            mask: 0xffff_ffff,
-                        })
-                        .load(REG_OUT, u64::from(tun))
-                        .goto(T_COMMIT)
-                        .done(),
-                );
+                let f = F::new(T_ROUTE, 100, c)
+                    .ip()
+                    .m(REG_TENANT, u64::from(t.vlan))
+                    .mm(REG_FLAGS, 0, FLAG_FROM_TUNNEL)
+                    .net(Field::NwDst, *net);
+                out.flows.extend(to_node(input, f, ip, t.vlan));
             }
         }
     }
@@ -197,30 +210,19 @@ pub(super) fn pod(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) -> Uni
         let Some(node) = input.model.nodes.get(&p.node) else {
             return out;
         };
-        let (Some(tun), Some(nip)) = (cfg.tunnel_port, node.ip) else {
+        let Some(nip) = node.ip else {
             return out;
         };
         if node.pod_cidrs.iter().any(|n| n.contains(&p.ip)) {
             return out;
         }
         let c = ids.cookie(CookieKind::Pod, &r, 0);
-        out.flows.push(
-            F::new(T_ROUTE, 150, c)
-                .ip()
-                .m(REG_TENANT, v)
-                .mm(REG_FLAGS, 0, FLAG_FROM_TUNNEL)
-                .addr(Field::NwDst, p.ip)
-                .a(Action::SetDlSrc(cfg.gateway_mac))
-                .a(Action::SetTunnel(v))
-                .a(Action::SetField {
-                    field: Field::TunDst,
-                    value: u64::from(u32::from(nip)),
-                    mask: 0xffff_ffff,
-                })
-                .load(REG_OUT, u64::from(tun))
-                .goto(T_COMMIT)
-                .done(),
-        );
+        let f = F::new(T_ROUTE, 150, c)
+            .ip()
+            .m(REG_TENANT, v)
+            .mm(REG_FLAGS, 0, FLAG_FROM_TUNNEL)
+            .addr(Field::NwDst, p.ip);
+        out.flows.extend(to_node(input, f, nip, p.vlan));
         return finish(out);
     }
     let Some(&port) = input.ports.get(&key) else {
@@ -310,6 +312,35 @@ pub(super) fn pod(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) -> Uni
         );
     }
     finish(out)
+}
+
+/// Finishes a route to another node (InternalIP `node_ip`) for tenant
+/// `vlan`: over the VLAN trunk when there is one (node MACs, the tag is
+/// pushed at output), else through the VXLAN tunnel (VNI = tenant).
+fn to_node(input: &Input<'_>, f: F, node_ip: Ipv4Addr, vlan: u16) -> Option<FlowSpec> {
+    let cfg = input.cfg;
+    let f = match (cfg.trunk_port, local_ip(input), cfg.tunnel_port) {
+        (Some(trunk), Some(me), _) => f
+            .a(Action::SetDlSrc(node_mac(me)))
+            .a(Action::SetDlDst(node_mac(node_ip)))
+            .load(REG_OUT, u64::from(trunk)),
+        (None, _, Some(tun)) => f
+            .a(Action::SetDlSrc(cfg.gateway_mac))
+            .a(Action::SetTunnel(u64::from(vlan)))
+            .a(Action::SetField {
+                field: Field::TunDst,
+                value: u64::from(u32::from(node_ip)),
+                mask: 0xffff_ffff,
+            })
+            .load(REG_OUT, u64::from(tun)),
+        _ => return None,
+    };
+    Some(f.goto(T_COMMIT).done())
+}
+
+/// This node's InternalIP.
+fn local_ip(input: &Input<'_>) -> Option<Ipv4Addr> {
+    input.model.nodes.get(&input.cfg.node)?.ip
 }
 
 /// The gateway address of this node's pods (first address of its first
