@@ -168,7 +168,9 @@ impl Switch {
         sum
     }
 
-    /// Removes expired flows and conntrack entries, ages MAC entries.
+    /// Removes expired flows and conntrack entries, ages MAC entries and
+    /// session-affinity entries (and drops those of groups that no longer
+    /// have `affinity_timeout`).
     pub fn expire(&self) -> usize {
         let now = self.shared.now_ms();
         let n = {
@@ -182,10 +184,13 @@ impl Switch {
             n
         };
         {
+            let p = self.pipeline();
             let mut m = lock(&self.shared.macs);
             let mut a = lock(&self.shared.affinity);
             m.expire(now);
             a.expire(now);
+            // Entries of groups that are gone or lost `affinity_timeout`.
+            a.retain_groups(|id| p.group(id).is_some_and(|g| g.affinity_timeout.is_some()));
             self.shared
                 .mac_gen
                 .store(learned_generation(&m, &a), Ordering::Release);

@@ -163,4 +163,14 @@ fn client_keeps_its_backend_until_the_affinity_times_out() {
     assert!(rig.sw.shared().affinity.lock().unwrap().is_empty());
     assert_eq!(rig.connect(40010), 12);
     assert_eq!(rig.connect(40011), 12);
+
+    // The group loses affinity_timeout: its entries go at the next expire.
+    assert_eq!(rig.sw.shared().affinity.lock().unwrap().len(), 1);
+    let plain = parse_group(
+        "group_id=1,type=select,bucket=bucket_id:11,actions=ct(commit,table=2,nat(dst=10.0.0.11:8080))",
+    )
+    .unwrap();
+    rig.sw.apply(&[FlowMod::AddGroup(plain)]).unwrap();
+    rig.sw.expire();
+    assert!(rig.sw.shared().affinity.lock().unwrap().is_empty());
 }

@@ -164,6 +164,21 @@ impl AffinityTable {
     }
 }
 
+impl AffinityTable {
+    /// Drops the entries of groups for which `keep(group_id)` is false
+    /// (groups deleted, or no longer with `affinity_timeout`), so that they
+    /// do not fill the table until they time out; returns how many.
+    pub fn retain_groups(&mut self, keep: impl Fn(u32) -> bool) -> usize {
+        let before = self.map.len();
+        self.map.retain(|k, _| keep(k.group));
+        let n = before - self.map.len();
+        if n > 0 {
+            self.generation += 1;
+        }
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +216,21 @@ mod tests {
         assert_eq!(t.expire(1000), 1);
         assert_eq!(t.lookup(&key(1, 5), 1000, 1000, |_| true), None);
         assert_eq!(t.lookup(&key(2, 5), 1000, 1000, |_| true), Some(1));
+    }
+
+    #[test]
+    fn retain_groups_drops_other_groups() {
+        let mut t = AffinityTable::default();
+        t.record(key(1, 5), 0, 1000, 0);
+        t.record(key(2, 5), 1, 1000, 0);
+        let g = t.generation();
+        assert_eq!(t.retain_groups(|id| id == 2), 1);
+        assert_ne!(t.generation(), g);
+        assert_eq!(t.lookup(&key(1, 5), 1000, 1, |_| true), None);
+        assert_eq!(t.lookup(&key(2, 5), 1000, 1, |_| true), Some(1));
+        let g = t.generation();
+        assert_eq!(t.retain_groups(|_| true), 0);
+        assert_eq!(t.generation(), g);
     }
 
     #[test]
