@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 
 use flows::action::PortNo;
+use flows::affinity::AffinityTable;
 use flows::field::{ethertype, Field};
 use flows::key::{ct_state, mac_to_u64, FlowKey};
 use flows::mac_learning::MacTable;
@@ -84,6 +85,7 @@ impl Sim {
         let mut macs = MacTable::default();
         let mut env = XlateEnv {
             macs: &mut macs,
+            affinity: &mut AffinityTable::default(),
             now_ms: 0,
         };
         let passes = trace_through(&self.pipeline, key, &mut env, ct);

@@ -4,10 +4,11 @@
 //! A direct-mapped table of [`EMC_SIZE`] slots keyed by the whole
 //! [`FlowKey`], each slot holding the datapath actions that translation
 //! produced for that key. An entry is valid only for the pipeline version
-//! (and, if it used `normal`, the MAC-table generation) it was made with:
-//! the poll thread tells the cache the current ones once per batch
-//! ([`Emc::sync`]), which empties it on a new version and drops the
-//! MAC-dependent entries on a new generation, so a hit checks no version. Hits add to
+//! (and, if it used `normal` or a select group with `affinity_timeout`, the
+//! generation of those learned tables) it was made with: the poll thread
+//! tells the cache the current ones once per batch ([`Emc::sync`]), which
+//! empties it on a new version and drops the entries that depend on the
+//! learned tables on a new generation, so a hit checks no version. Hits add to
 //! per-entry pending counters, credited to the flows once per batch.
 
 use std::sync::Arc;
@@ -45,8 +46,9 @@ pub struct CachedFlow {
     pub x: Xlation,
     /// Pipeline version it was made with.
     pub version: u64,
-    /// MAC-table generation it was made with (meaningful if
-    /// `x.uses_mac_table`).
+    /// Generation of the learned tables (MAC and affinity,
+    /// [`crate::shared::learned_generation`]) it was made with (meaningful
+    /// if `x.uses_mac_table` or `x.uses_affinity`).
     pub mac_gen: u64,
     /// The actions compiled for the port table of the time.
     pub ops: Vec<Op>,
@@ -329,7 +331,7 @@ impl Emc {
         // The newest translation defines what is current: one made for
         // another pipeline version or MAC-table generation moves the
         // cache there (dropping what it holds for the old one).
-        let mac_dep = flow.x.uses_mac_table;
+        let mac_dep = flow.x.uses_mac_table || flow.x.uses_affinity;
         if flow.version != self.version || (mac_dep && flow.mac_gen != self.mac_gen) {
             let gen = if mac_dep { flow.mac_gen } else { self.mac_gen };
             self.resync(flow.version, gen);

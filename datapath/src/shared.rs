@@ -1,6 +1,6 @@
 //! State shared by the management side ([`crate::switch::Switch`]) and
 //! every poll thread ([`crate::worker`]): the published pipeline and port
-//! table, MAC learning, conntrack, tunnel neighbours and per-thread
+//! table, MAC learning, session affinity, conntrack, tunnel neighbours and per-thread
 //! counters. Poll threads only read what is published here (one atomic
 //! load per batch); the management side replaces it, never edits it in
 //! place.
@@ -14,6 +14,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use flows::action::PortNo;
+use flows::affinity::AffinityTable;
 use flows::mac_learning::MacTable;
 use flows::pipeline::Pipeline;
 
@@ -196,7 +197,12 @@ pub struct Shared {
     pub ports: ArcSwap<PortTable>,
     /// MAC learning (touched on the slow path only).
     pub macs: Mutex<MacTable>,
-    /// `macs.generation()`, readable without the lock.
+    /// Session affinity of select groups with `affinity_timeout` (touched
+    /// on the slow path only; lock it after `macs` when holding both).
+    pub affinity: Mutex<AffinityTable>,
+    /// [`learned_generation`] of `macs` and `affinity`, readable without
+    /// the locks: cached translations that depend on either table are
+    /// dropped when it changes.
     pub mac_gen: AtomicU64,
     /// Connection tracker.
     pub ct: Mutex<ConnTrack>,
@@ -224,6 +230,7 @@ impl Shared {
             pipeline: ArcSwap::from_pointee(Pipeline::new()),
             ports: ArcSwap::from_pointee(PortTable::default()),
             macs: Mutex::new(MacTable::default()),
+            affinity: Mutex::new(AffinityTable::default()),
             mac_gen: AtomicU64::new(0),
             ct: Mutex::new(ConnTrack::new(conntrack)),
             neigh: ArcSwap::from_pointee(HashMap::new()),
@@ -234,6 +241,12 @@ impl Shared {
             epoch: Instant::now(),
         }
     }
+}
+
+/// One generation for both learned tables: it changes whenever either
+/// table's generation does (both only grow).
+pub fn learned_generation(macs: &MacTable, affinity: &AffinityTable) -> u64 {
+    macs.generation().wrapping_add(affinity.generation())
 }
 
 /// Locks a mutex, recovering the data if a thread panicked while holding

@@ -21,7 +21,8 @@ use flows::xlate::{translate, Trace, XlateEnv, Xlation};
 use crate::extract::DropReason;
 use crate::port::Port;
 use crate::shared::{
-    lock, PortCounters, PortRole, PortState, PortTable, Shared, VxlanConfig, UNDERLAY_BASE,
+    learned_generation, lock, PortCounters, PortRole, PortState, PortTable, Shared, VxlanConfig,
+    UNDERLAY_BASE,
 };
 use crate::worker::{Worker, WorkerCmd};
 
@@ -167,7 +168,9 @@ impl Switch {
         sum
     }
 
-    /// Removes expired flows and conntrack entries, ages MAC entries.
+    /// Removes expired flows and conntrack entries, ages MAC entries and
+    /// session-affinity entries (and drops those of groups that no longer
+    /// have `affinity_timeout`).
     pub fn expire(&self) -> usize {
         let now = self.shared.now_ms();
         let n = {
@@ -181,9 +184,16 @@ impl Switch {
             n
         };
         {
+            let p = self.pipeline();
             let mut m = lock(&self.shared.macs);
+            let mut a = lock(&self.shared.affinity);
             m.expire(now);
-            self.shared.mac_gen.store(m.generation(), Ordering::Release);
+            a.expire(now);
+            // Entries of groups that are gone or lost `affinity_timeout`.
+            a.retain_groups(|id| p.group(id).is_some_and(|g| g.affinity_timeout.is_some()));
+            self.shared
+                .mac_gen
+                .store(learned_generation(&m, &a), Ordering::Release);
         }
         lock(&self.shared.ct).expire(now);
         n
@@ -368,13 +378,15 @@ impl Switch {
         let _ = waker.wake();
     }
 
-    /// Translates `key` with a trace, without touching counters or the
-    /// MAC table (`ferrovs-ctl trace`).
+    /// Translates `key` with a trace, without touching counters, the MAC
+    /// table or the affinity table (`ferrovs-ctl trace`).
     pub fn trace(&self, key: &FlowKey) -> (Xlation, Trace) {
         let p = self.pipeline();
         let mut macs = lock(&self.shared.macs).clone();
+        let mut affinity = lock(&self.shared.affinity).clone();
         let mut env = XlateEnv {
             macs: &mut macs,
+            affinity: &mut affinity,
             now_ms: self.shared.now_ms(),
         };
         let mut trace = Trace::default();
@@ -388,8 +400,10 @@ impl Switch {
     pub fn trace_through(&self, key: &FlowKey, ct_next: u64) -> Vec<flows::trace::Pass> {
         let p = self.pipeline();
         let mut macs = lock(&self.shared.macs).clone();
+        let mut affinity = lock(&self.shared.affinity).clone();
         let mut env = XlateEnv {
             macs: &mut macs,
+            affinity: &mut affinity,
             now_ms: self.shared.now_ms(),
         };
         flows::trace::trace_through(&p, key, &mut env, ct_next)

@@ -32,7 +32,9 @@ use crate::extract::{extract, DropReason, Layout};
 use crate::packet;
 use crate::port::{PortRx, MAX_FRAME};
 use crate::reply;
-use crate::shared::{lock, PortRole, PortState, PortTable, Shared, VxlanConfig, BATCH};
+use crate::shared::{
+    learned_generation, lock, PortRole, PortState, PortTable, Shared, VxlanConfig, BATCH,
+};
 use crate::tunnel;
 
 /// mio token of the management waker.
@@ -764,12 +766,15 @@ impl Engine {
     fn upcall(&mut self, key: &FlowKey) -> Arc<CachedFlow> {
         self.upcalls += 1;
         let mut macs = lock(&self.shared.macs);
+        let mut affinity = lock(&self.shared.affinity);
         let mut env = XlateEnv {
             macs: &mut macs,
+            affinity: &mut affinity,
             now_ms: self.now_ms,
         };
         let x = translate(&self.pipeline, key, &mut env, None);
-        let gen = macs.generation();
+        let gen = learned_generation(&macs, &affinity);
+        drop(affinity);
         drop(macs);
         if gen != self.mac_gen {
             self.shared.mac_gen.store(gen, Ordering::Release);

@@ -261,4 +261,10 @@ pub struct Group {
     /// always gets the same bucket while the buckets do not change).
     /// `None`: the default 5-tuple hash.
     pub selection: Option<Vec<Field>>,
+    /// `affinity_timeout=SECONDS` (ferrovs extension, only with
+    /// `selection`): a client (the values of the selection fields) keeps
+    /// the bucket it was given, even when the buckets change, until it has
+    /// not used the group for this many seconds (see
+    /// [`crate::affinity`]).
+    pub affinity_timeout: Option<u32>,
 }

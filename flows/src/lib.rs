@@ -19,12 +19,15 @@
 //!   the next one is built ([`pipeline::FlowMod`] edits).
 //! - [`xlate`]: evaluates the pipeline for one key (resubmit, goto_table,
 //!   groups, `normal` MAC learning) and records a trace for `ferrovs-ctl trace`.
+//! - [`affinity::AffinityTable`]: session affinity of select groups with
+//!   `affinity_timeout` (client -> bucket until unused for the timeout).
 //! - [`syntax`]: parsing and printing of the `ovs-ofctl` flow syntax and
 //!   `dump-flows` lines.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod action;
+pub mod affinity;
 pub mod classifier;
 pub mod field;
 pub mod flow_match;

@@ -18,7 +18,8 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::action::{port, Action, CtArgs, GroupType, PortNo, SubField};
+use crate::action::{port, Action, CtArgs, Group, GroupType, PortNo, SubField};
+use crate::affinity::{AffinityKey, AffinityTable};
 use crate::classifier::Classifier;
 use crate::field::{ethertype, ipproto, Field};
 use crate::key::{width_mask, FlowKey, VLAN_CFI};
@@ -109,6 +110,9 @@ pub struct Xlation {
     pub tables: Vec<(Arc<TableStats>, bool)>,
     /// True if the result depends on the MAC-learning table (`normal`).
     pub uses_mac_table: bool,
+    /// True if the result depends on the session-affinity table (a select
+    /// group with `affinity_timeout`).
+    pub uses_affinity: bool,
     /// Set when translation itself dropped the packet somewhere.
     pub drop: Option<XlateDrop>,
 }
@@ -148,7 +152,10 @@ pub struct Trace {
 pub struct XlateEnv<'a> {
     /// MAC-learning table for `normal` (learning happens here).
     pub macs: &'a mut MacTable,
-    /// Caller's clock, for MAC aging.
+    /// Session affinity of select groups with `affinity_timeout`
+    /// (remembering happens here).
+    pub affinity: &'a mut AffinityTable,
+    /// Caller's clock, for MAC aging and affinity timeouts.
     pub now_ms: u64,
 }
 
@@ -470,19 +477,7 @@ impl Ctx<'_, '_> {
                 if total == 0 {
                     Vec::new()
                 } else {
-                    let h = match &g.selection {
-                        Some(fields) => hash_fields(&self.flow, fields),
-                        None => hash_5tuple(&self.flow),
-                    };
-                    let mut pick = h % total;
-                    let mut idx = 0;
-                    for (i, b) in g.buckets.iter().enumerate() {
-                        if pick < b.weight as u64 {
-                            idx = i;
-                            break;
-                        }
-                        pick -= b.weight as u64;
-                    }
+                    let idx = self.select_bucket(&g, total);
                     vec![idx]
                 }
             }
@@ -510,6 +505,46 @@ impl Ctx<'_, '_> {
                 self.flow = saved;
             }
         }
+    }
+
+    /// The bucket index a select group with buckets of `total` weight
+    /// (> 0) uses for the current flow: by hash of its selection fields (or
+    /// the 5-tuple), or, with `affinity_timeout`, the bucket the client
+    /// was given before if that is still in use.
+    fn select_bucket(&mut self, g: &Group, total: u64) -> usize {
+        let by_hash = |flow: &FlowKey| {
+            let h = match &g.selection {
+                Some(fields) => hash_fields(flow, fields),
+                None => hash_5tuple(flow),
+            };
+            let mut pick = h % total;
+            for (i, b) in g.buckets.iter().enumerate() {
+                if pick < b.weight as u64 {
+                    return i;
+                }
+                pick -= b.weight as u64;
+            }
+            0
+        };
+        let (Some(fields), Some(secs)) = (&g.selection, g.affinity_timeout) else {
+            return by_hash(&self.flow);
+        };
+        self.out.uses_affinity = true;
+        let key = AffinityKey::new(g.id, &self.flow, fields);
+        let timeout_ms = u64::from(secs) * 1000;
+        let now = self.env.now_ms;
+        let usable = |b: u32| g.buckets.iter().any(|x| x.id == b && x.weight > 0);
+        if let Some(b) = self.env.affinity.lookup(&key, timeout_ms, now, usable) {
+            if let Some(i) = g.buckets.iter().position(|x| x.id == b) {
+                self.note(|| format!("group {}: affinity keeps bucket {b}", g.id));
+                return i;
+            }
+        }
+        let i = by_hash(&self.flow);
+        self.env
+            .affinity
+            .record(key, g.buckets[i].id, timeout_ms, now);
+        i
     }
 
     /// The `normal` action: VLAN-aware MAC learning switch.
@@ -774,7 +809,11 @@ mod tests {
     }
 
     fn run(p: &Pipeline, macs: &mut MacTable, k: &FlowKey) -> Xlation {
-        let mut env = XlateEnv { macs, now_ms: 0 };
+        let mut env = XlateEnv {
+            macs,
+            affinity: &mut AffinityTable::default(),
+            now_ms: 0,
+        };
         translate(p, k, &mut env, None)
     }
 
@@ -908,6 +947,7 @@ mod tests {
                 },
             ],
             selection: None,
+            affinity_timeout: None,
         };
         p.apply(
             &[
@@ -929,6 +969,131 @@ mod tests {
             }
         }
         assert!(seen[2] > 50 && seen[3] > 50, "{seen:?}");
+    }
+
+    /// Output port chosen for a TCP connection from `client` (source
+    /// port `sport`) at `now_ms`, and whether the result depends on the
+    /// affinity table.
+    fn affinity_out(
+        p: &Pipeline,
+        aff: &mut AffinityTable,
+        client: u64,
+        sport: u64,
+        now_ms: u64,
+    ) -> (PortNo, bool) {
+        let mut k = key(1, 1, 2);
+        k.set(Field::NwProto, 6);
+        k.set(Field::NwSrc, 0x0a00_0000 | client);
+        k.set(Field::NwDst, 0x0a60_0001);
+        k.set(Field::TpSrc, sport);
+        k.set(Field::TpDst, 80);
+        let mut env = XlateEnv {
+            macs: &mut MacTable::default(),
+            affinity: aff,
+            now_ms,
+        };
+        let x = translate(p, &k, &mut env, None);
+        let [DpAction::Output(o)] = x.actions.as_slice() else {
+            panic!("{:?}", x.actions)
+        };
+        (*o, x.uses_affinity)
+    }
+
+    fn affinity_pipeline(buckets: &str) -> Pipeline {
+        let mut p = Pipeline::new();
+        ports(
+            &mut p,
+            &(1..=8).map(|n| (n, VlanMode::Trunk)).collect::<Vec<_>>(),
+        );
+        let g = crate::syntax::parse_group(&format!(
+            "group_id=1,type=select,selection_method=hash,fields(nw_src),affinity_timeout=10,\
+             {buckets}"
+        ))
+        .unwrap();
+        p.apply(
+            &[
+                FlowMod::AddGroup(g),
+                flow(0, 1, Match::ANY, vec![Action::Group(1)]),
+            ],
+            0,
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn affinity_keeps_client_on_its_bucket_when_buckets_are_added() {
+        let two = "bucket=bucket_id:2,output:2,bucket=bucket_id:3,output:3";
+        let p = affinity_pipeline(two);
+        let mut aff = AffinityTable::default();
+        let firsts: Vec<PortNo> = (1..=40)
+            .map(|c| affinity_out(&p, &mut aff, c, 1000, 0).0)
+            .collect();
+        assert!(firsts.contains(&2) && firsts.contains(&3), "{firsts:?}");
+        assert!(affinity_out(&p, &mut aff, 1, 1000, 0).1);
+        // Five more buckets (a plain hash would move most clients).
+        let p2 = affinity_pipeline(&format!(
+            "{two},bucket=bucket_id:4,output:4,bucket=bucket_id:5,output:5,\
+             bucket=bucket_id:6,output:6,bucket=bucket_id:7,output:7,bucket=bucket_id:8,output:8"
+        ));
+        for (c, &first) in (1..=40).zip(&firsts) {
+            for sport in 0..5 {
+                let got = affinity_out(&p2, &mut aff, c, 2000 + sport, 5_000 + sport);
+                assert_eq!(got.0, first, "client {c}");
+            }
+        }
+        // New clients spread over all seven buckets.
+        let mut seen = [0; 9];
+        for c in 100..300 {
+            seen[affinity_out(&p2, &mut aff, c, 1, 5_000).0 as usize] += 1;
+        }
+        assert!(seen[2..].iter().all(|&n| n > 0), "{seen:?}");
+    }
+
+    #[test]
+    fn affinity_times_out_without_new_connections() {
+        let two = "bucket=bucket_id:2,output:2,bucket=bucket_id:3,output:3";
+        let p = affinity_pipeline(two);
+        let p2 = affinity_pipeline(&format!(
+            "{two},bucket=bucket_id:4,output:4,bucket=bucket_id:5,output:5,\
+             bucket=bucket_id:6,output:6,bucket=bucket_id:7,output:7,bucket=bucket_id:8,output:8"
+        ));
+        let mut aff = AffinityTable::default();
+        let mut moved = 0;
+        for c in 1..=40 {
+            let first = affinity_out(&p, &mut aff, c, 1000, 0).0;
+            // Connections every 9 s keep the entry alive past 10 s.
+            for (i, t) in [9_000, 18_000, 27_000].into_iter().enumerate() {
+                assert_eq!(affinity_out(&p2, &mut aff, c, 1001 + i as u64, t).0, first);
+            }
+            // 10 s without a new connection: chosen again by hash, which is
+            // the plain hash choice over the new buckets.
+            let again = affinity_out(&p2, &mut aff, c, 2000, 37_000).0;
+            let plain = {
+                let mut fresh = AffinityTable::default();
+                affinity_out(&p2, &mut fresh, c, 2000, 0).0
+            };
+            assert_eq!(again, plain);
+            moved += usize::from(again != first);
+        }
+        assert!(moved > 0, "some client must have moved");
+    }
+
+    #[test]
+    fn affinity_reselects_when_the_bucket_is_removed() {
+        let p = affinity_pipeline("bucket=bucket_id:2,output:2,bucket=bucket_id:3,output:3");
+        let mut aff = AffinityTable::default();
+        let c = (1..100)
+            .find(|&c| affinity_out(&p, &mut aff, c, 1, 0).0 == 3)
+            .unwrap();
+        let p2 = affinity_pipeline("bucket=bucket_id:2,output:2");
+        assert_eq!(affinity_out(&p2, &mut aff, c, 2, 1).0, 2);
+        // Bucket 3 back: the client stays on 2 (it was re-recorded).
+        assert_eq!(affinity_out(&p, &mut aff, c, 3, 2).0, 2);
+        // Weight 0 counts as removed.
+        let p3 =
+            affinity_pipeline("bucket=bucket_id:2,weight:0,output:2,bucket=bucket_id:3,output:3");
+        assert_eq!(affinity_out(&p3, &mut aff, c, 4, 3).0, 3);
     }
 
     #[test]
@@ -1082,6 +1247,7 @@ mod tests {
         // working key keeps conj_id 0.
         let mut env = XlateEnv {
             macs: &mut MacTable::default(),
+            affinity: &mut AffinityTable::default(),
             now_ms: 0,
         };
         let mut tr = Trace::default();
@@ -1467,6 +1633,7 @@ mod tests {
         let mut macs = MacTable::default();
         let mut env = XlateEnv {
             macs: &mut macs,
+            affinity: &mut AffinityTable::default(),
             now_ms: 0,
         };
         let x = translate(&p, &k, &mut env, Some(&mut t));

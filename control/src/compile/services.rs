@@ -8,8 +8,11 @@
 //! gets its endpoints from the ready pods its selector matches, with named
 //! `targetPort`s resolved per pod, as the EndpointSlice controller would.
 //!
-//! - `sessionAffinity: ClientIP`: the group hashes on the client IP only, so
-//!   one client keeps its endpoint while the endpoint set is unchanged.
+//! - `sessionAffinity: ClientIP`: the group hashes on the client IP and
+//!   carries `affinity_timeout` (`sessionAffinityConfig.clientIP.timeoutSeconds`,
+//!   default 10800), so one client keeps its endpoint, even when endpoints
+//!   are added, until it opens no new connection for that long. Bucket ids
+//!   follow the endpoint (its address), not its position.
 //! - `externalTrafficPolicy: Local`: NodePort and external IPs use only
 //!   endpoints on this node; with none, that traffic is dropped (as
 //!   kube-proxy does); ClusterIP traffic still uses all endpoints.
@@ -92,7 +95,8 @@ pub(super) fn service(input: &Input<'_>, ids: &mut Ids, ns: &str, name: &str) ->
     }
     let node_ip = input.model.nodes.get(&input.cfg.node).and_then(|n| n.ip);
     let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
-    let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP"))
+        .then(|| affinity_timeout(spec, &r, &mut out.issues));
     for (pi, sp) in spec.ports.iter().flatten().enumerate() {
         let proto_name = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
         let proto = match proto_name.as_str() {
@@ -207,7 +211,7 @@ fn target(
     local: bool,
     vlan: u16,
     eps: &[Endpoint],
-    affinity: bool,
+    affinity: Option<u32>,
     groups: &mut Vec<Group>,
 ) -> Action {
     if eps.is_empty() {
@@ -216,11 +220,12 @@ fn target(
     let id = ids
         .groups
         .get(&(ns.to_string(), name.to_string(), pi, local));
+    let ids = bucket_ids(eps);
     let buckets = eps
         .iter()
-        .enumerate()
-        .map(|(i, e)| Bucket {
-            id: i as u32,
+        .zip(ids)
+        .map(|(e, id)| Bucket {
+            id,
             weight: 100,
             actions: vec![ct(
                 true,
@@ -234,9 +239,59 @@ fn target(
         id,
         kind: GroupType::Select,
         buckets,
-        selection: affinity.then(|| vec![Field::NwSrc]),
+        selection: affinity.map(|_| vec![Field::NwSrc]),
+        affinity_timeout: affinity,
     });
     Action::Group(id)
+}
+
+/// Bucket ids that follow the endpoint rather than its position, so that
+/// session affinity (which remembers bucket ids) keeps a client on its
+/// endpoint when other endpoints come or go: the endpoint's IPv4 address
+/// as a number, or the next free id when two endpoints share an address.
+fn bucket_ids(eps: &[Endpoint]) -> Vec<u32> {
+    const MAX_ID: u32 = 0xffff_ff00;
+    let mut ids: Vec<u32> = Vec::with_capacity(eps.len());
+    for e in eps {
+        let mut id = u32::from(e.ip).min(MAX_ID);
+        while ids.contains(&id) {
+            id = if id >= MAX_ID { 0 } else { id + 1 };
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+/// `spec.sessionAffinityConfig.clientIP.timeoutSeconds` of a ClientIP
+/// Service: 1..=86400, default 10800 (3 hours) as in Kubernetes; an invalid
+/// value is reported and replaced by the default.
+fn affinity_timeout(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    r: &ObjectRef,
+    issues: &mut Vec<Issue>,
+) -> u32 {
+    const DEFAULT: u32 = 10_800;
+    let Some(t) = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+    else {
+        return DEFAULT;
+    };
+    match u32::try_from(t) {
+        Ok(t @ 1..=86_400) => t,
+        _ => {
+            issues.push(Issue {
+                object: r.clone(),
+                field: "spec.sessionAffinityConfig.clientIP.timeoutSeconds".into(),
+                message: format!(
+                    "{t} is not between 1 and 86400 seconds; using the default {DEFAULT}"
+                ),
+            });
+            DEFAULT
+        }
+    }
 }
 
 /// Ready endpoints of service port `sp`, sorted and deduplicated.

@@ -583,7 +583,8 @@ fn service_external_traffic_policy_local_and_affinity() {
     assert!(w
         .comp
         .groups()
-        .all(|g| g.selection == Some(vec![flows::field::Field::NwSrc])));
+        .all(|g| g.selection == Some(vec![flows::field::Field::NwSrc])
+            && g.affinity_timeout == Some(10800)));
     w.change(vec![slice(
         "default",
         "web",
@@ -611,6 +612,85 @@ fn service_external_traffic_policy_local_and_affinity() {
             v => panic!("{v:?}"),
         }
     }
+}
+
+#[test]
+fn service_affinity_timeout_and_stable_bucket_ids() {
+    let svc_with = |timeout: Value| {
+        svc(
+            "default",
+            "web",
+            json!({"clusterIP":"10.96.0.10","sessionAffinity":"ClientIP",
+            "sessionAffinityConfig":{"clientIP":{"timeoutSeconds":timeout}},
+            "ports":[{"name":"http","port":80,"targetPort":8080}]}),
+        )
+    };
+    let eps = |addrs: &[&str]| {
+        let list: Vec<Value> = addrs
+            .iter()
+            .map(|a| json!({"addresses":[a],"nodeName":"b"}))
+            .collect();
+        slice(
+            "default",
+            "web",
+            "w1",
+            json!([{"name":"http","port":8080}]),
+            Value::Array(list),
+        )
+    };
+    let mut objs = base();
+    objs.push(svc_with(json!(60)));
+    objs.push(eps(&["10.244.2.20", "10.244.2.30"]));
+    let mut w = World::new("a", objs);
+    let text: Vec<String> = w.comp.groups().map(flows::syntax::format_group).collect();
+    assert_eq!(text.len(), 1, "{text:?}");
+    assert!(
+        text[0].contains("selection_method=hash,fields(nw_src),affinity_timeout=60,"),
+        "{text:?}"
+    );
+    let ids = |w: &World| -> Vec<(u32, String)> {
+        let g = w.comp.groups().next().unwrap();
+        g.buckets
+            .iter()
+            .map(|b| (b.id, flows::syntax::format_actions(&b.actions)))
+            .collect()
+    };
+    let before = ids(&w);
+    assert_eq!(before[0].0, u32::from(ip("10.244.2.20")));
+    // An endpoint that sorts first does not renumber the others.
+    w.change(vec![eps(&["10.244.2.10", "10.244.2.20", "10.244.2.30"])]);
+    let after = ids(&w);
+    assert_eq!(after.len(), 3);
+    for b in &before {
+        assert!(after.contains(b), "{b:?} kept in {after:?}");
+    }
+    assert!(w.comp.issues().is_empty(), "{:?}", w.comp.issues());
+    // Out of range: reported, default used.
+    w.change(vec![svc_with(json!(86401))]);
+    assert_eq!(
+        w.comp.groups().next().unwrap().affinity_timeout,
+        Some(10800)
+    );
+    let issues: Vec<String> = w.comp.issues().iter().map(|i| i.to_string()).collect();
+    assert!(
+        issues.iter().any(
+            |i| i.contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds")
+                && i.contains("86401")
+        ),
+        "{issues:?}"
+    );
+    // No sessionAffinityConfig: the default.
+    w.change(vec![svc(
+        "default",
+        "web",
+        json!({"clusterIP":"10.96.0.10","sessionAffinity":"ClientIP",
+        "ports":[{"name":"http","port":80,"targetPort":8080}]}),
+    )]);
+    assert_eq!(
+        w.comp.groups().next().unwrap().affinity_timeout,
+        Some(10800)
+    );
+    assert!(w.comp.issues().is_empty());
 }
 
 #[test]

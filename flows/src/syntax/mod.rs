@@ -707,6 +707,9 @@ impl<'a> Parser<'a> {
 /// `group_id=1,type=select,bucket=weight:100,output:1,bucket=output:2`.
 /// Buckets without `bucket_id:` are numbered on from the previous bucket
 /// (starting at 0); select buckets weigh 1 unless `weight:` says otherwise.
+/// `affinity_timeout=SECONDS` (ferrovs extension, with
+/// `selection_method=hash,fields(...)`) makes the choice per client sticky
+/// (see [`crate::affinity`]).
 pub fn parse_group(text: &str) -> Result<Group, SyntaxError> {
     Parser::new().group(text)
 }
@@ -726,6 +729,7 @@ fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, S
     let mut kind = GroupType::All;
     let mut method: Option<&str> = None;
     let mut fields: Option<(&str, Vec<Field>)> = None;
+    let mut affinity: Option<(&str, u32)> = None;
     for item in actions::split_top(src, head.trim_end_matches([',', ' ', '\t']))? {
         if let Some(inner) = item.strip_prefix("fields(") {
             let Some(inner) = inner.strip_suffix(')') else {
@@ -782,6 +786,14 @@ fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, S
                         ))
                     }
                 },
+                "affinity_timeout" => {
+                    let secs =
+                        parse_max(v, u32::MAX as u64).map_err(|e| src.field_err(v, key, e))?;
+                    if secs == 0 {
+                        return Err(src.field_err(v, key, "must be at least 1 (seconds)"));
+                    }
+                    affinity = Some((key, secs as u32));
+                }
                 "selection_method_param" | "fields" => {
                     return Err(src.field_err(key, key, "not supported by ferrovs"))
                 }
@@ -809,6 +821,16 @@ fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, S
             return Err(src.field_err(at, "fields", "needs selection_method=hash"))
         }
         (_, None) => None,
+    };
+    let affinity_timeout = match affinity {
+        Some((at, _)) if selection.is_none() => {
+            return Err(src.field_err(
+                at,
+                "affinity_timeout",
+                "needs selection_method=hash,fields(...) (the client to remember)",
+            ))
+        }
+        a => a.map(|(_, secs)| secs),
     };
     let Some(id) = id else {
         return Err(src.err(head, SyntaxErrorKind::Syntax("missing group_id=N".into())));
@@ -842,6 +864,7 @@ fn parse_group_with(text: &str, names: Option<PortNames<'_>>) -> Result<Group, S
         kind,
         buckets,
         selection,
+        affinity_timeout,
     })
 }
 
@@ -952,6 +975,9 @@ pub fn format_group(g: &Group) -> String {
             s.push_str(f.name());
         }
         s.push(')');
+    }
+    if let Some(t) = g.affinity_timeout {
+        let _ = write!(s, ",affinity_timeout={t}");
     }
     for b in &g.buckets {
         let _ = write!(s, ",bucket=bucket_id:{},", b.id);

@@ -614,6 +614,58 @@ fn group_selection_fields() {
 }
 
 #[test]
+fn group_affinity_timeout() {
+    let g = parse_group(
+        "group_id=4,type=select,selection_method=hash,fields(nw_src),affinity_timeout=10800,\
+         bucket=output:1",
+    )
+    .unwrap();
+    assert_eq!(g.affinity_timeout, Some(10800));
+    assert_eq!(
+        format_group(&g),
+        "group_id=4,type=select,selection_method=hash,fields(nw_src),affinity_timeout=10800,\
+         bucket=bucket_id:0,actions=output:1"
+    );
+    assert_eq!(parse_group(&format_group(&g)).unwrap(), g);
+    // Any order of the header items.
+    let g2 = parse_group(
+        "affinity_timeout=10800,group_id=4,fields(nw_src),type=select,selection_method=hash,\
+         bucket=output:1",
+    )
+    .unwrap();
+    assert_eq!(g2, g);
+    let g = parse_group("group_id=1,type=select,bucket=output:1").unwrap();
+    assert_eq!(g.affinity_timeout, None);
+    let e = |t: &str| parse_group(t).unwrap_err().to_string();
+    assert_eq!(
+        e("group_id=1,type=select,affinity_timeout=60,bucket=output:1"),
+        "column 24, field affinity_timeout: needs selection_method=hash,fields(...) \
+         (the client to remember)"
+    );
+    assert_eq!(
+        e(
+            "group_id=1,type=select,selection_method=hash,fields(nw_src),affinity_timeout=0,\
+           bucket=output:1"
+        ),
+        "column 78, field affinity_timeout: must be at least 1 (seconds)"
+    );
+    assert_eq!(
+        e(
+            "group_id=1,type=select,selection_method=hash,fields(nw_src),affinity_timeout=x,\
+           bucket=output:1"
+        ),
+        "column 78, field affinity_timeout: 'x' is not a number"
+    );
+    assert_eq!(
+        e(
+            "group_id=1,type=select,selection_method=hash,fields(nw_src),affinity_timeout=,\
+           bucket=output:1"
+        ),
+        "column 61, field affinity_timeout: missing value (write affinity_timeout=VALUE)"
+    );
+}
+
+#[test]
 fn groups() {
     let g =
         parse_group("group_id=1,type=select,bucket=weight:100,output:1,bucket=output:2").unwrap();
@@ -1287,6 +1339,7 @@ proptest! {
         kind in prop_oneof![Just(GroupType::All), Just(GroupType::Select), Just(GroupType::Indirect)],
         buckets in proptest::collection::vec((any::<u16>(), proptest::collection::vec(arb_action(), 0..4)), 0..4),
         selection in proptest::option::of(proptest::collection::vec(arb_free_field(), 1..4)),
+        affinity in proptest::option::of(1u32..),
     ) {
         let selection = selection.filter(|_| kind == GroupType::Select).map(|mut f| {
             f.dedup();
@@ -1308,6 +1361,7 @@ proptest! {
                     actions,
                 })
                 .collect(),
+            affinity_timeout: affinity.filter(|_| selection.is_some()),
             selection,
         };
         let text = format_group(&g);
