@@ -193,11 +193,9 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
         }
         cols.extend(ratios.iter().map(|r| r.to_string()));
         let _ = writeln!(out, "| {} |", cols.join(" | "));
-        let aligns: Vec<&str> = cols
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i < lead.matches('|').count() + 1 { "---" } else { "---:" })
-            .collect();
+        let lead_cols = lead.matches('|').count() + 1;
+        let mut aligns = vec!["---"; lead_cols];
+        aligns.extend(std::iter::repeat_n("---:", cols.len() - 1));
         let _ = writeln!(out, "|{}|", aligns.join("|"));
     };
     let get = |t: Test, s: System| lookup(&sums, t, s);

@@ -138,7 +138,7 @@ pub struct Gen {
 pub fn udp(gen: &Gen, cfg: &Path, rate: Option<u64>, secs: Duration, meter_pid: Option<u32>, tck: f64, s: &mut Sample) -> Result<(), TrafficError> {
     let cfg = cfg.display().to_string();
     let rate_arg = rate.map(|r| format!("{r}pps"));
-    let mut args = vec!["taskset", "-c", &gen.cpus, "trafgen", "-i", &cfg, "-o", DEV, "-P", "1", "-A", "-Q", "-C"];
+    let mut args = vec!["taskset", "-c", &gen.cpus, "trafgen", "-i", &cfg, "-o", DEV, "-P", "1", "--no-sock-mem", "-Q", "-C"];
     if let Some(r) = &rate_arg {
         args.extend_from_slice(&["-b", r]);
     }
