@@ -19,7 +19,10 @@ use bench::harness::{latency, report, stopped, Kind, Sample, System, Test};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ferrovs-bench", about = "ferrovs vs Open vSwitch vs Linux bridge: UDP pps, TCP, latency, CPU")]
+#[command(
+    name = "ferrovs-bench",
+    about = "ferrovs vs Open vSwitch vs Linux bridge: UDP pps, TCP, latency, CPU"
+)]
 struct Args {
     /// CI smoke: max-rate UDP (1 and 1,000 flows), TCP 1 stream, latency, 10,000 rules, 1 round, 2 s (under 2 minutes).
     #[arg(long)]
@@ -131,7 +134,13 @@ fn tests_of(args: &Args) -> Vec<Test> {
     kinds
         .into_iter()
         .filter(|(k, _)| want(k.name()))
-        .flat_map(|(kind, flows)| flows.into_iter().map(move |flows| Test { kind, flows, rules: None }))
+        .flat_map(|(kind, flows)| {
+            flows.into_iter().map(move |flows| Test {
+                kind,
+                flows,
+                rules: None,
+            })
+        })
         .collect()
 }
 
@@ -145,22 +154,48 @@ struct Session {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let ncpu = topo::run(&["nproc"]).unwrap_or_default();
     let kernel = topo::run(&["uname", "-r"]).unwrap_or_default();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
-        .map_or(String::new(), |kb| format!(", {} GiB RAM", kb / 1024 / 1024));
-    let ovs = topo::run(&["ovs-vsctl", "--version"]).ok().and_then(|v| v.lines().next().map(str::to_string)).unwrap_or_else(|| "OVS not installed".into());
-    let trafgen = topo::run(&["trafgen", "-v"]).ok().and_then(|v| v.lines().next().map(str::to_string)).unwrap_or_default();
-    format!("{} vCPU {cpu}{mem}, Linux {}; {ovs}; {trafgen}", ncpu.trim(), kernel.trim())
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(String::new(), |kb| {
+            format!(", {} GiB RAM", kb / 1024 / 1024)
+        });
+    let ovs = topo::run(&["ovs-vsctl", "--version"])
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "OVS not installed".into());
+    let trafgen = topo::run(&["trafgen", "-v"])
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    format!(
+        "{} vCPU {cpu}{mem}, Linux {}; {ovs}; {trafgen}",
+        ncpu.trim(),
+        kernel.trim()
+    )
 }
 
 fn progress(done: usize, total: usize, t: &Test, s: &Session) {
     use std::io::IsTerminal;
-    let line = format!("[{done}/{total}] {} — {} round {}", t.label(), s.system, s.round);
+    let line = format!(
+        "[{done}/{total}] {} — {} round {}",
+        t.label(),
+        s.system,
+        s.round
+    );
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[K{line}");
     } else {
@@ -169,10 +204,16 @@ fn progress(done: usize, total: usize, t: &Test, s: &Session) {
 }
 
 fn write_outputs(out: &Path, samples: &[Sample], header: &str) -> Result<(), String> {
-    let w = |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| format!("writing {}: {e}", out.join(name).display()));
+    let w = |name: &str, text: String| {
+        std::fs::write(out.join(name), text)
+            .map_err(|e| format!("writing {}: {e}", out.join(name).display()))
+    };
     w("results.csv", report::csv(samples))?;
     w("report.md", report::markdown(samples, header))?;
-    w("chart.svg", report::svg(samples, "ferrovs vs Open vSwitch vs Linux bridge"))?;
+    w(
+        "chart.svg",
+        report::svg(samples, "ferrovs vs Open vSwitch vs Linux bridge"),
+    )?;
     Ok(())
 }
 
@@ -194,7 +235,10 @@ fn run(mut args: Args) -> Result<(), String> {
         }
     }
     let mut tests = tests_of(&args);
-    for (tool, kind, pkg) in [("trafgen", "udp", "netsniff-ng"), ("iperf3", "tcp", "iperf3")] {
+    for (tool, kind, pkg) in [
+        ("trafgen", "udp", "netsniff-ng"),
+        ("iperf3", "tcp", "iperf3"),
+    ] {
         if !traffic::have(tool) && tests.iter().any(|t| t.kind.name() == kind) {
             eprintln!("ferrovs-bench: {tool} not found (apt-get install {pkg}, or scripts/deps.sh): skipping the {kind} tests");
             tests.retain(|t| t.kind.name() != kind);
@@ -208,13 +252,17 @@ fn run(mut args: Args) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let _work_guard = RemoveDir(work.clone());
     let env = Env {
-        ferrovsd: args.ferrovsd.clone().unwrap_or_else(|| exe.with_file_name("ferrovsd")),
+        ferrovsd: args
+            .ferrovsd
+            .clone()
+            .unwrap_or_else(|| exe.with_file_name("ferrovsd")),
         core: args.core,
         work: work.clone(),
     };
     let mut systems_list = Vec::new();
     for name in &args.systems {
-        let sys = System::from_name(name).ok_or_else(|| format!("--systems: unknown system '{name}' (ferrovs, ovs, bridge)"))?;
+        let sys = System::from_name(name)
+            .ok_or_else(|| format!("--systems: unknown system '{name}' (ferrovs, ovs, bridge)"))?;
         match systems::unavailable(sys, &env) {
             Some(why) => eprintln!("ferrovs-bench: skipping {sys}: {why}"),
             None => systems_list.push(sys),
@@ -223,8 +271,14 @@ fn run(mut args: Args) -> Result<(), String> {
     if systems_list.is_empty() || tests.is_empty() {
         return Err("nothing to run".into());
     }
-    let ncpu: usize = topo::run(&["nproc"]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1);
-    let cpus: Vec<String> = (0..ncpu).filter(|c| *c != args.core || ncpu == 1).map(|c| c.to_string()).collect();
+    let ncpu: usize = topo::run(&["nproc"])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1);
+    let cpus: Vec<String> = (0..ncpu)
+        .filter(|c| *c != args.core || ncpu == 1)
+        .map(|c| c.to_string())
+        .collect();
     let gen_cfg = Gen {
         cpus: cpus.join(","),
         exe: exe.display().to_string(),
@@ -234,7 +288,11 @@ fn run(mut args: Args) -> Result<(), String> {
         Some(o) => o.clone(),
         None => {
             let ts = topo::run(&["date", "-u", "+%Y%m%dT%H%M%SZ"]).unwrap_or_default();
-            let base = if Path::new("bench/results").is_dir() { PathBuf::from("bench/results") } else { PathBuf::from(".") };
+            let base = if Path::new("bench/results").is_dir() {
+                PathBuf::from("bench/results")
+            } else {
+                PathBuf::from(".")
+            };
             base.join(format!("ferrovs-bench-{}", ts.trim()))
         }
     };
@@ -243,7 +301,8 @@ fn run(mut args: Args) -> Result<(), String> {
     for f in args.flows.iter().chain([1, 1000].iter()) {
         let p = work.join(format!("udp-{f}.cfg"));
         let n = u16::try_from(*f).map_err(|_| format!("--flows: {f} is above 65535"))?;
-        std::fs::write(&p, gen::trafgen_config(&ENDPOINTS, n)).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(&p, gen::trafgen_config(&ENDPOINTS, n))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         trafgen_cfgs.push((*f, p));
     }
 
@@ -253,9 +312,17 @@ fn run(mut args: Args) -> Result<(), String> {
         for round in 1..=args.rounds {
             for sys in &systems_list {
                 if sys.has_rules() {
-                    plan.push(Session { round, system: *sys, rules: Some(*rules) });
+                    plan.push(Session {
+                        round,
+                        system: *sys,
+                        rules: Some(*rules),
+                    });
                 } else if ri == 0 {
-                    plan.push(Session { round, system: *sys, rules: None });
+                    plan.push(Session {
+                        round,
+                        system: *sys,
+                        rules: None,
+                    });
                 }
             }
         }
@@ -272,7 +339,12 @@ fn run(mut args: Args) -> Result<(), String> {
         args.core,
         gen_cfg.cpus
     );
-    eprintln!("ferrovs-bench: {} sessions x {} tests = {total} measurements -> {}", plan.len(), tests.len(), out.display());
+    eprintln!(
+        "ferrovs-bench: {} sessions x {} tests = {total} measurements -> {}",
+        plan.len(),
+        tests.len(),
+        out.display()
+    );
 
     let tck = traffic::clk_tck();
     let _ns = Namespaces::create().map_err(|e| e.to_string())?;
@@ -304,7 +376,12 @@ fn run(mut args: Args) -> Result<(), String> {
                 break;
             }
             progress(done, total, t, s);
-            let mut sample = Sample { round: s.round, system: Some(s.system), test: Some(*t), ..Sample::default() };
+            let mut sample = Sample {
+                round: s.round,
+                system: Some(s.system),
+                test: Some(*t),
+                ..Sample::default()
+            };
             let result = match &running {
                 Err(e) => Err(e.to_string()),
                 Ok(r) => {
@@ -312,13 +389,22 @@ fn run(mut args: Args) -> Result<(), String> {
                     let secs = Duration::from_secs(args.secs);
                     match t.kind {
                         Kind::Udp(rate) => {
-                            let cfg = trafgen_cfgs.iter().find(|(f, _)| *f == t.flows).map(|(_, p)| p.clone()).unwrap_or_default();
+                            let cfg = trafgen_cfgs
+                                .iter()
+                                .find(|(f, _)| *f == t.flows)
+                                .map(|(_, p)| p.clone())
+                                .unwrap_or_default();
                             traffic::udp(&gen_cfg, &cfg, rate, secs, pid, tck, &mut sample)
                         }
                         Kind::Tcp => traffic::tcp(&gen_cfg, t.flows, secs, pid, tck, &mut sample),
-                        Kind::Latency => {
-                            traffic::latency(&gen_cfg, t.flows, Duration::from_secs(args.latency_secs), pid, tck, &mut sample)
-                        }
+                        Kind::Latency => traffic::latency(
+                            &gen_cfg,
+                            t.flows,
+                            Duration::from_secs(args.latency_secs),
+                            pid,
+                            tck,
+                            &mut sample,
+                        ),
                     }
                     .map_err(|e| e.to_string())
                 }
@@ -327,7 +413,12 @@ fn run(mut args: Args) -> Result<(), String> {
                 break;
             }
             if let Err(e) = result {
-                eprintln!("\nferrovs-bench: {} {} round {}: {e}", s.system, t.label(), s.round);
+                eprintln!(
+                    "\nferrovs-bench: {} {} round {}: {e}",
+                    s.system,
+                    t.label(),
+                    s.round
+                );
                 sample.error = Some(e);
             }
             samples.push(sample);
@@ -339,10 +430,17 @@ fn run(mut args: Args) -> Result<(), String> {
     eprintln!();
     write_outputs(&out, &samples, &header)?;
     if stopped() {
-        return Err(format!("interrupted: cleaned up; partial results in {}", out.display()));
+        return Err(format!(
+            "interrupted: cleaned up; partial results in {}",
+            out.display()
+        ));
     }
     print!("{}", report::markdown(&samples, &header));
-    eprintln!("ferrovs-bench: done in {:.0} s: {}/report.md, results.csv, chart.svg", started.elapsed().as_secs_f64(), out.display());
+    eprintln!(
+        "ferrovs-bench: done in {:.0} s: {}/report.md, results.csv, chart.svg",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(())
 }
 

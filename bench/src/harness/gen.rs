@@ -131,7 +131,11 @@ pub fn rule_set(total: u32) -> String {
                 lo
             ),
             1 => format!("priority=200,ip,nw_src=172.16.{hi}.{lo} actions=drop"),
-            2 => format!("priority=200,ip,nw_dst=172.{}.{}.0/24 actions=drop", 17 + (hi & 7), lo),
+            2 => format!(
+                "priority=200,ip,nw_dst=172.{}.{}.0/24 actions=drop",
+                17 + (hi & 7),
+                lo
+            ),
             3 => format!(
                 "priority=200,tcp,nw_dst=172.24.{hi}.{lo},tp_dst={} actions=drop",
                 20_000 + (n % 20_000)
@@ -178,7 +182,7 @@ mod tests {
         assert_eq!(&f[34..36], &[0x27, 0x10]); // sport 10000
         assert_eq!(&f[36..38], &[0x00, 0x09]);
         assert_eq!(&f[38..40], &[0x00, 26]); // UDP length
-        // Verifying: the checksum over a header including its checksum is 0.
+                                             // Verifying: the checksum over a header including its checksum is 0.
         assert_eq!(checksum(0, &f[14..34]), 0);
         let pseudo = ones_sum(0, &[10, 251, 0, 1, 10, 251, 0, 2, 0, 17, 0, 26]);
         assert_eq!(checksum(pseudo, &f[34..]), 0);

@@ -37,21 +37,43 @@ impl Summary {
     /// From round-trip times in µs and the number lost.
     pub fn from_rtts(mut rtts: Vec<f64>, lost: u64) -> Summary {
         rtts.sort_by(|a, b| a.total_cmp(b));
-        Summary { count: rtts.len() as u64, lost, p50_us: percentile(&rtts, 50.0), p99_us: percentile(&rtts, 99.0) }
+        Summary {
+            count: rtts.len() as u64,
+            lost,
+            p50_us: percentile(&rtts, 50.0),
+            p99_us: percentile(&rtts, 99.0),
+        }
     }
 
     /// One line: `count lost p50 p99` (`-` for none).
     pub fn line(&self) -> String {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-        format!("{} {} {} {}", self.count, self.lost, f(self.p50_us), f(self.p99_us))
+        format!(
+            "{} {} {} {}",
+            self.count,
+            self.lost,
+            f(self.p50_us),
+            f(self.p99_us)
+        )
     }
 
     /// Parses [`Summary::line`].
     pub fn parse(s: &str) -> Option<Summary> {
         let f: Vec<&str> = s.split_whitespace().collect();
-        let opt = |x: &str| if x == "-" { Some(None) } else { x.parse::<f64>().ok().map(Some) };
+        let opt = |x: &str| {
+            if x == "-" {
+                Some(None)
+            } else {
+                x.parse::<f64>().ok().map(Some)
+            }
+        };
         match f.as_slice() {
-            [c, l, p50, p99] => Some(Summary { count: c.parse().ok()?, lost: l.parse().ok()?, p50_us: opt(p50)?, p99_us: opt(p99)? }),
+            [c, l, p50, p99] => Some(Summary {
+                count: c.parse().ok()?,
+                lost: l.parse().ok()?,
+                p50_us: opt(p50)?,
+                p99_us: opt(p99)?,
+            }),
             _ => None,
         }
     }
@@ -87,7 +109,12 @@ pub fn client(dst: SocketAddr, flows: u16, dur: Duration) -> std::io::Result<Sum
             match s.recv(&mut buf) {
                 Ok(n) if n >= 8 && buf[..8] == req => return Ok(Some(t0.elapsed())),
                 Ok(_) => continue, // a late answer to an earlier request
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Ok(None)
                 }
                 Err(e) => return Err(e),

@@ -104,9 +104,9 @@ pub struct Test {
 
 /// Compact count: 1000 -> `1k`, 10000 -> `10k`, 1500 -> `1500`.
 pub fn short_count(n: u64) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()

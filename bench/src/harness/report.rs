@@ -15,7 +15,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2.0 } else { v[m] })
+    Some(if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    })
 }
 
 /// `a / b` when both exist and `b` is not zero.
@@ -68,7 +72,11 @@ pub fn summarize(samples: &[Sample]) -> BTreeMap<(Test, System), Summary> {
                 rounds: ok.len(),
                 failed: all.len() - ok.len(),
                 pps: med_of(&ok, Sample::pps),
-                loss_pct: if udp { med_of(&ok, Sample::loss_pct) } else { None },
+                loss_pct: if udp {
+                    med_of(&ok, Sample::loss_pct)
+                } else {
+                    None
+                },
                 gbps: med_of(&ok, |s| s.gbps),
                 p50_us: med_of(&ok, |s| s.p50_us),
                 p99_us: med_of(&ok, |s| s.p99_us),
@@ -97,7 +105,11 @@ pub fn row_tests(samples: &[Sample]) -> Vec<Test> {
 
 /// The summary shown for `sys` in row `t`.
 pub fn lookup(sums: &BTreeMap<(Test, System), Summary>, t: Test, sys: System) -> Option<&Summary> {
-    let t = if sys.has_rules() { t } else { t.with_rules(None) };
+    let t = if sys.has_rules() {
+        t
+    } else {
+        t.with_rules(None)
+    };
     sums.get(&(t, sys))
 }
 
@@ -120,7 +132,11 @@ pub fn csv(samples: &[Sample]) -> String {
             ),
             None => ("", String::new(), String::new(), String::new()),
         };
-        let err = s.error.as_deref().unwrap_or("").replace([',', '\n', '"'], " ");
+        let err = s
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .replace([',', '\n', '"'], " ");
         let _ = writeln!(
             out,
             "{},{},{kind},{rate},{flows},{rules},{:.3},{},{},{},{},{},{},{},{},{},{},{:.3},{},{err}",
@@ -214,10 +230,19 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
         )
     };
 
-    let udp: Vec<Test> = rows.iter().copied().filter(|t| matches!(t.kind, Kind::Udp(_))).collect();
+    let udp: Vec<Test> = rows
+        .iter()
+        .copied()
+        .filter(|t| matches!(t.kind, Kind::Udp(_)))
+        .collect();
     if !udp.is_empty() {
         out.push_str("## UDP, 64-byte frames (trafgen)\n\nDelivered Mpps at the receiver (loss %), CPU s per Mpkt.\n\n");
-        hdr(&mut out, "rate | flows | rules", &["Mpps (loss)", "CPU s/Mpkt"], &["ferrovs/OVS pps", "ferrovs/OVS CPU"]);
+        hdr(
+            &mut out,
+            "rate | flows | rules",
+            &["Mpps (loss)", "CPU s/Mpkt"],
+            &["ferrovs/OVS pps", "ferrovs/OVS CPU"],
+        );
         for t in &udp {
             let mut cols = vec![test_cell(t)];
             for s in &systems {
@@ -239,10 +264,19 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
         }
         out.push('\n');
     }
-    let tcp: Vec<Test> = rows.iter().copied().filter(|t| t.kind == Kind::Tcp).collect();
+    let tcp: Vec<Test> = rows
+        .iter()
+        .copied()
+        .filter(|t| t.kind == Kind::Tcp)
+        .collect();
     if !tcp.is_empty() {
         out.push_str("## TCP throughput (iperf3)\n\nGbit/s received; flows = TCP streams.\n\n");
-        hdr(&mut out, "streams | rules", &["Gbit/s", "CPU s/Mpkt"], &["ferrovs/OVS Gbit/s", "ferrovs/OVS CPU"]);
+        hdr(
+            &mut out,
+            "streams | rules",
+            &["Gbit/s", "CPU s/Mpkt"],
+            &["ferrovs/OVS Gbit/s", "ferrovs/OVS CPU"],
+        );
         for t in &tcp {
             let mut cols = vec![test_cell(t)];
             for s in &systems {
@@ -257,10 +291,19 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
         }
         out.push('\n');
     }
-    let lat: Vec<Test> = rows.iter().copied().filter(|t| t.kind == Kind::Latency).collect();
+    let lat: Vec<Test> = rows
+        .iter()
+        .copied()
+        .filter(|t| t.kind == Kind::Latency)
+        .collect();
     if !lat.is_empty() {
         out.push_str("## UDP request/response latency\n\nRound-trip time p50 / p99 in µs, one request in flight; flows = client sockets used in turn.\n\n");
-        hdr(&mut out, "flows | rules", &["p50 / p99 µs"], &["ferrovs/OVS p50", "ferrovs/OVS p99"]);
+        hdr(
+            &mut out,
+            "flows | rules",
+            &["p50 / p99 µs"],
+            &["ferrovs/OVS p50", "ferrovs/OVS p99"],
+        );
         for t in &lat {
             let mut cols = vec![test_cell(t)];
             for s in &systems {
@@ -291,7 +334,9 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
 const COLORS: [&str; 3] = ["#d95f02", "#1b9e77", "#7570b3"];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A "nice" axis maximum and tick step for values up to `max`.
@@ -322,7 +367,11 @@ fn draw_panel(out: &mut String, p: &Panel, y0: f64, width: f64, systems: &[Syste
     let plot_top = y0 + 40.0;
     let plot_h = PANEL_H - 100.0;
     let plot_w = width - LEFT - 20.0;
-    let max = p.groups.iter().flat_map(|g| g.1.iter().flatten()).fold(0.0f64, |a, &b| a.max(b));
+    let max = p
+        .groups
+        .iter()
+        .flat_map(|g| g.1.iter().flatten())
+        .fold(0.0f64, |a, &b| a.max(b));
     let (ymax, step) = nice_axis(max);
     let _ = writeln!(
         out,
@@ -403,9 +452,15 @@ fn fmt_tick(v: f64) -> String {
     } else if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
-        format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{v:.2}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     } else {
-        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 
@@ -424,7 +479,10 @@ pub fn svg(samples: &[Sample], title: &str) -> String {
             .map(|t| {
                 (
                     t.short_label(),
-                    systems.iter().map(|s| lookup(&sums, *t, *s).and_then(f)).collect(),
+                    systems
+                        .iter()
+                        .map(|s| lookup(&sums, *t, *s).and_then(f))
+                        .collect(),
                 )
             })
             .collect::<Vec<_>>()
@@ -497,7 +555,11 @@ mod tests {
     use super::*;
 
     fn udp(rules: Option<u32>) -> Test {
-        Test { kind: Kind::Udp(None), flows: 1000, rules }
+        Test {
+            kind: Kind::Udp(None),
+            flows: 1000,
+            rules,
+        }
     }
 
     fn s(round: u32, sys: System, t: Test, received: u64, cpu: Option<f64>) -> Sample {
@@ -517,7 +579,11 @@ mod tests {
 
     fn fixture() -> Vec<Sample> {
         let t = udp(Some(10_000));
-        let lat = Test { kind: Kind::Latency, flows: 1, rules: Some(10_000) };
+        let lat = Test {
+            kind: Kind::Latency,
+            flows: 1,
+            rules: Some(10_000),
+        };
         let mut v = vec![
             s(1, System::Ferrovs, t, 1_000_000, Some(1.0)),
             s(1, System::Ovs, t, 800_000, Some(1.0)),
@@ -600,7 +666,10 @@ mod tests {
             md.contains("| max | 1k | 10k | 0.550 (45.0%) | 0.350 (65.0%) | 0.750 (25.0%) | 1.00 | 1.38 | 0.33 si | 1.57x | 0.73x |"),
             "{md}"
         );
-        assert!(md.contains("| 1 | 10k | 40.0 / 90.0 | 50.0 / 100.0 | - | 0.80x | 0.90x |"), "{md}");
+        assert!(
+            md.contains("| 1 | 10k | 40.0 / 90.0 | 50.0 / 100.0 | - | 0.80x | 0.90x |"),
+            "{md}"
+        );
         assert!(md.contains("- ovs, udp max, 1k flows, 10k rules: 1 failed round(s)"));
         assert!(!md.contains("## TCP"));
     }
@@ -611,7 +680,11 @@ mod tests {
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("ferrovs-bench &lt;test&gt;"));
-        for label in ["ferrovs (AF_XDP, 1 poll thread)", "OVS 3.1 (netdev, afxdp, 1 PMD)", "Linux bridge"] {
+        for label in [
+            "ferrovs (AF_XDP, 1 poll thread)",
+            "OVS 3.1 (netdev, afxdp, 1 PMD)",
+            "Linux bridge",
+        ] {
             assert!(svg.contains(label), "legend {label}");
         }
         assert!(svg.contains(">Mpps</text>"));

@@ -146,14 +146,19 @@ impl Drop for Running {
     fn drop(&mut self) {
         match self {
             Running::Ferrovs(c) => c.stop("TERM", Duration::from_secs(5)),
-            Running::Ovs(_) => run_quiet(&["ovs-vsctl", "--if-exists", "--timeout=5", "del-br", BRIDGE]),
+            Running::Ovs(_) => {
+                run_quiet(&["ovs-vsctl", "--if-exists", "--timeout=5", "del-br", BRIDGE])
+            }
             Running::Bridge => run_quiet(&["ip", "link", "del", BRIDGE]),
         }
     }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), SystemError> {
-    std::fs::write(path, text).map_err(|source| SystemError::Write { path: path.display().to_string(), source })
+    std::fs::write(path, text).map_err(|source| SystemError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn tail(path: &Path) -> String {
@@ -181,22 +186,40 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
                 ),
             )?;
             let log_path = env.work.join("ferrovsd.log");
-            let log = std::fs::File::create(&log_path)
-                .map_err(|source| SystemError::Write { path: log_path.display().to_string(), source })?;
+            let log = std::fs::File::create(&log_path).map_err(|source| SystemError::Write {
+                path: log_path.display().to_string(),
+                source,
+            })?;
             let ferrovsd = env.ferrovsd.display().to_string();
             let cfg_s = cfg.display().to_string();
-            let mut child = ChildGuard::spawn(None, &["env", "RUST_LOG=warn", &ferrovsd, "-c", &cfg_s], Some(log))?;
+            let mut child = ChildGuard::spawn(
+                None,
+                &["env", "RUST_LOG=warn", &ferrovsd, "-c", &cfg_s],
+                Some(log),
+            )?;
             std::thread::sleep(Duration::from_millis(300));
             if child.exited() {
-                return Err(SystemError::Exited { what: "ferrovsd", log: tail(&log_path) });
+                return Err(SystemError::Exited {
+                    what: "ferrovsd",
+                    log: tail(&log_path),
+                });
             }
             Running::Ferrovs(child)
         }
         System::Ovs => {
             run_quiet(&["ovs-vsctl", "--if-exists", "--timeout=5", "del-br", BRIDGE]);
-            let running = Running::Ovs(0);
+            // Guard first: a failing step below still removes the bridge.
+            let mut running = Running::Ovs(0);
             run(&[
-                "ovs-vsctl", "--timeout=10", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev",
+                "ovs-vsctl",
+                "--timeout=10",
+                "add-br",
+                BRIDGE,
+                "--",
+                "set",
+                "bridge",
+                BRIDGE,
+                "datapath_type=netdev",
             ])?;
             for (i, l) in [LINK_A, LINK_B].iter().enumerate() {
                 run(&[
@@ -215,13 +238,23 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
                 ])?;
             }
             run(&["ovs-ofctl", "del-flows", BRIDGE])?;
-            run(&["ovs-ofctl", "add-flows", BRIDGE, &rules_path.display().to_string()])?;
+            run(&[
+                "ovs-ofctl",
+                "add-flows",
+                BRIDGE,
+                &rules_path.display().to_string(),
+            ])?;
             let pid = std::fs::read_to_string(OVS_PIDFILE)
                 .ok()
                 .and_then(|p| p.trim().parse::<u32>().ok())
-                .ok_or(SystemError::Exited { what: "ovs-vswitchd", log: format!("no pid in {OVS_PIDFILE}") })?;
-            std::mem::forget(running);
-            Running::Ovs(pid)
+                .ok_or(SystemError::Exited {
+                    what: "ovs-vswitchd",
+                    log: format!("no pid in {OVS_PIDFILE}"),
+                })?;
+            if let Running::Ovs(p) = &mut running {
+                *p = pid;
+            }
+            running
         }
         System::Bridge => {
             run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
@@ -236,9 +269,11 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
         if super::stopped() {
             return Err(SystemError::Interrupted);
         }
-        if let Running::Ferrovs(c) = &running {
-            let _ = c;
-            return Err(SystemError::Exited { what: "ferrovsd (or no connectivity)", log: tail(&env.work.join("ferrovsd.log")) });
+        if matches!(running, Running::Ferrovs(_)) {
+            return Err(SystemError::Exited {
+                what: "ferrovsd (or no connectivity through it)",
+                log: tail(&env.work.join("ferrovsd.log")),
+            });
         }
         return Err(SystemError::NoConnectivity(sys.name()));
     }

@@ -75,7 +75,10 @@ pub fn run(args: &[&str]) -> Result<String, CmdError> {
         .args(rest)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| CmdError::Spawn { cmd: line(args), source })?;
+        .map_err(|source| CmdError::Spawn {
+            cmd: line(args),
+            source,
+        })?;
     if !out.status.success() {
         return Err(CmdError::Failed {
             cmd: line(args),
@@ -105,7 +108,11 @@ pub struct ChildGuard(pub Child);
 impl ChildGuard {
     /// Spawns `args` (inside `ns` if given) with stdout piped and stderr
     /// to `stderr` (or discarded).
-    pub fn spawn(ns: Option<&str>, args: &[&str], stderr: Option<std::fs::File>) -> Result<ChildGuard, CmdError> {
+    pub fn spawn(
+        ns: Option<&str>,
+        args: &[&str],
+        stderr: Option<std::fs::File>,
+    ) -> Result<ChildGuard, CmdError> {
         let mut v: Vec<&str> = Vec::new();
         if let Some(ns) = ns {
             v.extend_from_slice(&["ip", "netns", "exec", ns]);
@@ -122,7 +129,10 @@ impl ChildGuard {
             .stdout(Stdio::piped())
             .stderr(stderr.map_or(Stdio::null(), Stdio::from))
             .spawn()
-            .map_err(|source| CmdError::Spawn { cmd: line(&v), source })?;
+            .map_err(|source| CmdError::Spawn {
+                cmd: line(&v),
+                source,
+            })?;
         Ok(ChildGuard(child))
     }
 
@@ -208,7 +218,10 @@ impl Drop for Namespaces {
 }
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The two veth pairs; deleted on drop.
@@ -231,15 +244,43 @@ impl Links {
             (LINK_B, NS_RCV, ep.dst_mac, ep.dst_ip, ep.src_mac, ep.src_ip),
         ];
         for (host, ns, m, ip, peer_m, peer_ip) in ends {
-            run(&["ip", "link", "add", host, "type", "veth", "peer", "name", DEV, "netns", ns])?;
+            run(&[
+                "ip", "link", "add", host, "type", "veth", "peer", "name", DEV, "netns", ns,
+            ])?;
             let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1");
-            run_in(ns, &["sysctl", "-qw", &format!("net.ipv6.conf.{DEV}.disable_ipv6=1")])?;
+            run_in(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{DEV}.disable_ipv6=1"),
+                ],
+            )?;
             run(&["ip", "-n", ns, "link", "set", DEV, "address", &mac(m)])?;
-            run(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", DEV])?;
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                DEV,
+            ])?;
             run(&["ip", "-n", ns, "link", "set", DEV, "up"])?;
             run(&[
-                "ip", "-n", ns, "neigh", "replace", &peer_ip.to_string(), "lladdr", &mac(peer_m), "dev", DEV,
-                "nud", "permanent",
+                "ip",
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &peer_ip.to_string(),
+                "lladdr",
+                &mac(peer_m),
+                "dev",
+                DEV,
+                "nud",
+                "permanent",
             ])?;
             run_in(ns, &["ethtool", "-K", DEV, "tx", "off"])?;
             run(&["ip", "link", "set", host, "up"])?;

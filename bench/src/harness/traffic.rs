@@ -30,13 +30,17 @@ pub enum TrafficError {
 }
 
 fn parse_err(what: &'static str, detail: impl Into<String>) -> TrafficError {
-    TrafficError::Parse { what, detail: detail.into() }
+    TrafficError::Parse {
+        what,
+        detail: detail.into(),
+    }
 }
 
 /// `(rx_packets, tx_packets)` of eth0 in `ns`.
 pub fn counters(ns: &str) -> Result<(u64, u64), TrafficError> {
     let out = run(&["ip", "-n", ns, "-s", "-j", "link", "show", DEV])?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| parse_err("ip -s -j link", e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| parse_err("ip -s -j link", e.to_string()))?;
     let stats = &v[0]["stats64"];
     let get = |dir: &str| stats[dir]["packets"].as_u64();
     match (get("rx"), get("tx")) {
@@ -49,7 +53,8 @@ pub fn counters(ns: &str) -> Result<(u64, u64), TrafficError> {
 pub fn proc_ticks(pid: u32) -> Result<u64, TrafficError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| parse_err("/proc/PID/stat", format!("{pid}: {e}")))?;
-    parse_proc_ticks(&text).ok_or_else(|| parse_err("/proc/PID/stat", format!("{pid}: no utime/stime")))
+    parse_proc_ticks(&text)
+        .ok_or_else(|| parse_err("/proc/PID/stat", format!("{pid}: no utime/stime")))
 }
 
 /// utime (field 14) + stime (field 15) of a /proc/PID/stat line.
@@ -62,7 +67,8 @@ pub fn parse_proc_ticks(stat: &str) -> Option<u64> {
 
 /// Softirq ticks over all CPUs (the `cpu` line of /proc/stat).
 pub fn softirq_ticks() -> Result<u64, TrafficError> {
-    let text = std::fs::read_to_string("/proc/stat").map_err(|e| parse_err("/proc/stat", e.to_string()))?;
+    let text = std::fs::read_to_string("/proc/stat")
+        .map_err(|e| parse_err("/proc/stat", e.to_string()))?;
     parse_softirq(&text).ok_or_else(|| parse_err("/proc/stat", "no cpu line"))
 }
 
@@ -74,7 +80,10 @@ pub fn parse_softirq(stat: &str) -> Option<u64> {
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 if unknown).
 pub fn clk_tck() -> f64 {
-    run(&["getconf", "CLK_TCK"]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
+    run(&["getconf", "CLK_TCK"])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Counters and CPU at the start of a measurement.
@@ -135,10 +144,32 @@ pub struct Gen {
 
 /// UDP: trafgen with `cfg` at `rate` pps (None = max) for `secs`; the
 /// measurement window starts after the warm-up.
-pub fn udp(gen: &Gen, cfg: &Path, rate: Option<u64>, secs: Duration, meter_pid: Option<u32>, tck: f64, s: &mut Sample) -> Result<(), TrafficError> {
+pub fn udp(
+    gen: &Gen,
+    cfg: &Path,
+    rate: Option<u64>,
+    secs: Duration,
+    meter_pid: Option<u32>,
+    tck: f64,
+    s: &mut Sample,
+) -> Result<(), TrafficError> {
     let cfg = cfg.display().to_string();
     let rate_arg = rate.map(|r| format!("{r}pps"));
-    let mut args = vec!["taskset", "-c", &gen.cpus, "trafgen", "-i", &cfg, "-o", DEV, "-P", "1", "--no-sock-mem", "-Q", "-C"];
+    let mut args = vec![
+        "taskset",
+        "-c",
+        &gen.cpus,
+        "trafgen",
+        "-i",
+        &cfg,
+        "-o",
+        DEV,
+        "-P",
+        "1",
+        "--no-sock-mem",
+        "-Q",
+        "-C",
+    ];
     if let Some(r) = &rate_arg {
         args.extend_from_slice(&["-b", r]);
     }
@@ -147,7 +178,10 @@ pub fn udp(gen: &Gen, cfg: &Path, rate: Option<u64>, secs: Duration, meter_pid: 
         return Err(TrafficError::Interrupted);
     }
     if child.exited() {
-        return Err(parse_err("trafgen", "exited early (see: ip netns exec fb-snd trafgen ...)"));
+        return Err(parse_err(
+            "trafgen",
+            "exited early (see: ip netns exec fb-snd trafgen ...)",
+        ));
     }
     let m = Meter::start(meter_pid, tck)?;
     let ok = sleep_unless_stopped(secs);
@@ -170,12 +204,25 @@ pub const STREAMS_PER_CLIENT: u32 = 125;
 
 /// TCP: `streams` iperf3 streams (over ceil(streams/125) client/server
 /// pairs) for `secs`; Gbit/s summed over the clients.
-pub fn tcp(gen: &Gen, streams: u32, secs: Duration, meter_pid: Option<u32>, tck: f64, s: &mut Sample) -> Result<(), TrafficError> {
+pub fn tcp(
+    gen: &Gen,
+    streams: u32,
+    secs: Duration,
+    meter_pid: Option<u32>,
+    tck: f64,
+    s: &mut Sample,
+) -> Result<(), TrafficError> {
     let clients = streams.div_ceil(STREAMS_PER_CLIENT).max(1);
     let mut servers = Vec::new();
     for i in 0..clients {
         let port = (5201 + i).to_string();
-        servers.push(ChildGuard::spawn(Some(NS_RCV), &["taskset", "-c", &gen.cpus, "iperf3", "-s", "-1", "-p", &port], None)?);
+        servers.push(ChildGuard::spawn(
+            Some(NS_RCV),
+            &[
+                "taskset", "-c", &gen.cpus, "iperf3", "-s", "-1", "-p", &port,
+            ],
+            None,
+        )?);
     }
     if !sleep_unless_stopped(Duration::from_millis(400)) {
         return Err(TrafficError::Interrupted);
@@ -186,10 +233,15 @@ pub fn tcp(gen: &Gen, streams: u32, secs: Duration, meter_pid: Option<u32>, tck:
     let mut cl = Vec::new();
     for i in 0..clients {
         let port = (5201 + i).to_string();
-        let per = (streams - i * STREAMS_PER_CLIENT).min(STREAMS_PER_CLIENT).to_string();
+        let per = (streams - i * STREAMS_PER_CLIENT)
+            .min(STREAMS_PER_CLIENT)
+            .to_string();
         cl.push(ChildGuard::spawn(
             Some(NS_SND),
-            &["taskset", "-c", &gen.cpus, "iperf3", "-c", &dst, "-p", &port, "-t", &t, "-P", &per, "-J"],
+            &[
+                "taskset", "-c", &gen.cpus, "iperf3", "-c", &dst, "-p", &port, "-t", &t, "-P",
+                &per, "-J",
+            ],
             None,
         )?);
     }
@@ -210,7 +262,8 @@ pub fn tcp(gen: &Gen, streams: u32, secs: Duration, meter_pid: Option<u32>, tck:
         if let Some(o) = c.0.stdout.as_mut() {
             let _ = o.read_to_string(&mut out);
         }
-        bps += iperf3_bps(&out).ok_or_else(|| parse_err("iperf3 -J", out.chars().take(200).collect::<String>()))?;
+        bps += iperf3_bps(&out)
+            .ok_or_else(|| parse_err("iperf3 -J", out.chars().take(200).collect::<String>()))?;
     }
     s.gbps = Some(bps / 1e9);
     drop(servers);
@@ -219,9 +272,28 @@ pub fn tcp(gen: &Gen, streams: u32, secs: Duration, meter_pid: Option<u32>, tck:
 
 /// Latency: the request/response server in the receiver namespace and
 /// the client over `flows` sockets in the sender namespace, for `secs`.
-pub fn latency(gen: &Gen, flows: u32, secs: Duration, meter_pid: Option<u32>, tck: f64, s: &mut Sample) -> Result<(), TrafficError> {
+pub fn latency(
+    gen: &Gen,
+    flows: u32,
+    secs: Duration,
+    meter_pid: Option<u32>,
+    tck: f64,
+    s: &mut Sample,
+) -> Result<(), TrafficError> {
     let port = super::latency::PORT.to_string();
-    let _server = ChildGuard::spawn(Some(NS_RCV), &["taskset", "-c", &gen.cpus, &gen.exe, "rr-server", "--port", &port], None)?;
+    let _server = ChildGuard::spawn(
+        Some(NS_RCV),
+        &[
+            "taskset",
+            "-c",
+            &gen.cpus,
+            &gen.exe,
+            "rr-server",
+            "--port",
+            &port,
+        ],
+        None,
+    )?;
     if !sleep_unless_stopped(Duration::from_millis(300)) {
         return Err(TrafficError::Interrupted);
     }
@@ -230,7 +302,19 @@ pub fn latency(gen: &Gen, flows: u32, secs: Duration, meter_pid: Option<u32>, tc
     let m = Meter::start(meter_pid, tck)?;
     let mut client = ChildGuard::spawn(
         Some(NS_SND),
-        &["taskset", "-c", &gen.cpus, &gen.exe, "rr-client", "--dst", &dst, "--flows", &flows.to_string(), "--millis", &ms],
+        &[
+            "taskset",
+            "-c",
+            &gen.cpus,
+            &gen.exe,
+            "rr-client",
+            "--dst",
+            &dst,
+            "--flows",
+            &flows.to_string(),
+            "--millis",
+            &ms,
+        ],
         None,
     )?;
     let deadline = Instant::now() + secs + Duration::from_secs(30);
@@ -248,12 +332,16 @@ pub fn latency(gen: &Gen, flows: u32, secs: Duration, meter_pid: Option<u32>, tc
     if let Some(o) = client.0.stdout.as_mut() {
         let _ = o.read_to_string(&mut out);
     }
-    let r = super::latency::Summary::parse(&out).ok_or_else(|| parse_err("rr-client", out.clone()))?;
+    let r =
+        super::latency::Summary::parse(&out).ok_or_else(|| parse_err("rr-client", out.clone()))?;
     s.rtts = r.count;
     s.p50_us = r.p50_us;
     s.p99_us = r.p99_us;
     if r.count == 0 {
-        return Err(parse_err("rr-client", format!("no responses ({} lost)", r.lost)));
+        return Err(parse_err(
+            "rr-client",
+            format!("no responses ({} lost)", r.lost),
+        ));
     }
     Ok(())
 }
@@ -275,7 +363,8 @@ mod tests {
 
     #[test]
     fn proc_stat_fields() {
-        let line = "1234 (ferro vsd) S 1 1234 1234 0 -1 4194560 500 0 0 0 731 264 0 0 20 0 3 0 100 0 0";
+        let line =
+            "1234 (ferro vsd) S 1 1234 1234 0 -1 4194560 500 0 0 0 731 264 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_proc_ticks(line), Some(731 + 264));
         let stat = "cpu  10 20 30 40 50 60 70 0 0 0\ncpu0 1 2 3 4 5 6 7 0 0 0\n";
         assert_eq!(parse_softirq(stat), Some(70));
