@@ -177,9 +177,8 @@ fn machine() -> String {
         .ok()
         .and_then(|v| v.lines().next().map(str::to_string))
         .unwrap_or_else(|| "OVS not installed".into());
-    let trafgen = topo::run(&["trafgen", "-v"])
-        .ok()
-        .and_then(|v| v.lines().next().map(str::to_string))
+    let trafgen = topo::run(&["sh", "-c", "trafgen -v 2>&1 | head -1"])
+        .map(|v| v.trim().to_string())
         .unwrap_or_default();
     format!(
         "{} vCPU {cpu}{mem}, Linux {}; {ovs}; {trafgen}",
