@@ -66,6 +66,11 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Re-render report.md and chart.svg of a finished run from its results.csv (no root needed).
+    Render {
+        /// The run's output directory.
+        dir: PathBuf,
+    },
     /// UDP echo server (runs in the receiver namespace).
     #[command(hide = true)]
     RrServer {
@@ -101,6 +106,15 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("rr-client: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::Render { dir }) => {
+            return match render(dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ferrovs-bench render: {e}");
                     ExitCode::FAILURE
                 }
             };
@@ -440,6 +454,25 @@ fn run(mut args: Args) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         out.display()
     );
+    Ok(())
+}
+
+/// Re-renders `dir`/report.md and chart.svg from `dir`/results.csv,
+/// keeping the machine/command header of the existing report.md.
+fn render(dir: &Path) -> Result<(), String> {
+    let csv_path = dir.join("results.csv");
+    let text =
+        std::fs::read_to_string(&csv_path).map_err(|e| format!("{}: {e}", csv_path.display()))?;
+    let samples = report::parse_csv(&text).map_err(|e| format!("{}: {e}", csv_path.display()))?;
+    let old = std::fs::read_to_string(dir.join("report.md")).unwrap_or_default();
+    let header: String = old
+        .lines()
+        .skip_while(|l| l.starts_with("# ") || l.is_empty())
+        .take_while(|l| !l.starts_with("Median of"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    write_outputs(dir, &samples, header.trim())?;
+    print!("{}", report::markdown(&samples, header.trim()));
     Ok(())
 }
 

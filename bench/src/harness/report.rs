@@ -160,6 +160,95 @@ pub fn csv(samples: &[Sample]) -> String {
     out
 }
 
+/// A results.csv line that could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("results.csv line {line}: {what}")]
+pub struct CsvError {
+    /// Line number, from 1 (the header is line 1).
+    pub line: usize,
+    /// What was wrong.
+    pub what: String,
+}
+
+fn parse_rate(s: &str) -> Option<Option<u64>> {
+    if s == "max" {
+        return Some(None);
+    }
+    let n = s.strip_suffix("pps")?;
+    let (num, mul) = match n.as_bytes().last()? {
+        b'k' => (&n[..n.len() - 1], 1_000),
+        b'M' => (&n[..n.len() - 1], 1_000_000),
+        _ => (n, 1),
+    };
+    Some(Some(num.parse::<u64>().ok()? * mul))
+}
+
+/// Reads back what [`csv`] wrote (to re-render a report from a run).
+pub fn parse_csv(text: &str) -> Result<Vec<Sample>, CsvError> {
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate().skip(1) {
+        let line = i + 1;
+        let err = |what: String| CsvError { line, what };
+        let f: Vec<&str> = l.splitn(20, ',').collect();
+        if f.len() != 20 {
+            return Err(err(format!("{} columns, expected 20", f.len())));
+        }
+        let num = |idx: usize| -> Result<u64, CsvError> {
+            f[idx]
+                .parse()
+                .map_err(|_| err(format!("column {}: '{}' is not a count", idx + 1, f[idx])))
+        };
+        let opt = |idx: usize| -> Result<Option<f64>, CsvError> {
+            if f[idx].is_empty() {
+                return Ok(None);
+            }
+            f[idx]
+                .parse()
+                .map(Some)
+                .map_err(|_| err(format!("column {}: '{}' is not a number", idx + 1, f[idx])))
+        };
+        let system =
+            System::from_name(f[1]).ok_or_else(|| err(format!("unknown system '{}'", f[1])))?;
+        let kind = match f[2] {
+            "udp" => {
+                Kind::Udp(parse_rate(f[3]).ok_or_else(|| err(format!("bad rate '{}'", f[3])))?)
+            }
+            "tcp" => Kind::Tcp,
+            "latency" => Kind::Latency,
+            other => return Err(err(format!("unknown test '{other}'"))),
+        };
+        let rules = if f[5] == "n/a" {
+            None
+        } else {
+            Some(
+                f[5].parse()
+                    .map_err(|_| err(format!("bad rules '{}'", f[5])))?,
+            )
+        };
+        out.push(Sample {
+            round: num(0)? as u32,
+            system: Some(system),
+            test: Some(Test {
+                kind,
+                flows: num(4)? as u32,
+                rules,
+            }),
+            secs: opt(6)?.unwrap_or(0.0),
+            sent: num(7)?,
+            received: num(8)?,
+            switched: num(9)?,
+            gbps: opt(12)?,
+            rtts: num(13)?,
+            p50_us: opt(14)?,
+            p99_us: opt(15)?,
+            cpu_s: opt(16)?,
+            softirq_s: opt(17)?.unwrap_or(0.0),
+            error: (!f[19].is_empty()).then(|| f[19].to_string()),
+        });
+    }
+    Ok(out)
+}
+
 fn cell(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.prec$}"))
 }
@@ -425,6 +514,13 @@ fn draw_panel(out: &mut String, p: &Panel, y0: f64, width: f64, systems: &[Syste
                         systems[si].name(),
                         fmt_tick(*v)
                     );
+                    let _ = writeln!(
+                        out,
+                        r##"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle" fill="#333">{}</text>"##,
+                        x + (bw - 2.0) / 2.0,
+                        plot_top + plot_h - h - 3.0,
+                        fmt_value(*v)
+                    );
                 }
                 None => {
                     let _ = writeln!(
@@ -443,6 +539,19 @@ fn draw_panel(out: &mut String, p: &Panel, y0: f64, width: f64, systems: &[Syste
             plot_top + plot_h + 16.0,
             esc(label)
         );
+    }
+}
+
+/// Bar label: 3 significant digits.
+fn fmt_value(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
     }
 }
 
@@ -694,6 +803,33 @@ mod tests {
         assert_eq!(svg.matches("<rect x=").count() - 3, 8);
         assert!(svg.contains(">n/a</text>"));
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    }
+
+    #[test]
+    fn csv_reads_back() {
+        let mut v = fixture();
+        v.push(Sample {
+            round: 1,
+            system: Some(System::Ferrovs),
+            test: Some(Test {
+                kind: Kind::Udp(Some(100_000)),
+                flows: 1,
+                rules: Some(10),
+            }),
+            secs: 5.0,
+            sent: 500_000,
+            received: 499_000,
+            switched: 499_010,
+            cpu_s: Some(2.5),
+            softirq_s: 0.25,
+            ..Sample::default()
+        });
+        let back = parse_csv(&csv(&v)).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(parse_rate("1500pps"), Some(Some(1500)));
+        assert_eq!(parse_rate("2Mpps"), Some(Some(2_000_000)));
+        let e = parse_csv("h\n1,ovs,udp,max,1,10").unwrap_err();
+        assert_eq!(e.to_string(), "results.csv line 2: 6 columns, expected 20");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! the other I/O modules.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -123,8 +124,11 @@ impl ChildGuard {
             code: None,
             stderr: "empty command".into(),
         })?;
+        // Own process group: signals reach the whole tree (trafgen forks
+        // its workers; a signal to the parent alone leaves them running).
         let child = Command::new(prog)
             .args(rest)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr.map_or(Stdio::null(), Stdio::from))
@@ -141,9 +145,10 @@ impl ChildGuard {
         self.0.id()
     }
 
-    /// Sends a signal by name (`INT`, `TERM`) with kill(1).
+    /// Sends a signal by name (`INT`, `TERM`, `KILL`) with kill(1) to
+    /// the child's process group.
     pub fn signal(&self, sig: &str) {
-        run_quiet(&["kill", &format!("-{sig}"), &self.id().to_string()]);
+        run_quiet(&["kill", &format!("-{sig}"), "--", &format!("-{}", self.id())]);
     }
 
     /// Whether it has exited.
@@ -151,29 +156,23 @@ impl ChildGuard {
         !matches!(self.0.try_wait(), Ok(None))
     }
 
-    /// Signals `sig` and waits up to `grace` for the exit, then SIGKILL.
+    /// Signals `sig` to the group, waits up to `grace` for the leader to
+    /// exit, then SIGKILLs whatever is left of the group.
     pub fn stop(&mut self, sig: &str, grace: Duration) {
-        if self.exited() {
-            return;
-        }
         self.signal(sig);
         let end = Instant::now() + grace;
-        while Instant::now() < end {
-            if self.exited() {
-                return;
-            }
+        while Instant::now() < end && !self.exited() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.0.kill();
+        self.signal("KILL");
         let _ = self.0.wait();
     }
 }
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if !self.exited() {
-            let _ = self.0.kill();
-        }
+        // The group, even if the leader has exited (forked workers).
+        self.signal("KILL");
         let _ = self.0.wait();
     }
 }
