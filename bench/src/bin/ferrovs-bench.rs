@@ -45,6 +45,10 @@ struct Args {
     /// Rule-set sizes (flows installed in ferrovs and OVS; at least 2).
     #[arg(long, value_delimiter = ',', default_values_t = [10u32, 10_000])]
     rules: Vec<u32>,
+    /// TCP streams cap: the many-flows TCP test uses min(flows, this) streams,
+    /// over ceil(streams/128) iperf3 clients (iperf3 -P stops at 128).
+    #[arg(long, default_value_t = 1000)]
+    tcp_streams: u32,
     /// Systems: ferrovs, ovs, bridge.
     #[arg(long, value_delimiter = ',', default_values_t = ["ferrovs".to_string(), "ovs".into(), "bridge".into()])]
     systems: Vec<String>,
@@ -149,13 +153,25 @@ fn tests_of(args: &Args) -> Vec<Test> {
         .into_iter()
         .filter(|(k, _)| want(k.name()))
         .flat_map(|(kind, flows)| {
+            let cap = if kind == Kind::Tcp {
+                args.tcp_streams.max(1)
+            } else {
+                u32::MAX
+            };
             flows.into_iter().map(move |flows| Test {
                 kind,
-                flows,
+                flows: flows.min(cap),
                 rules: None,
             })
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(Vec::new(), |mut v, t| {
+            if !v.contains(&t) {
+                v.push(t);
+            }
+            v
+        })
 }
 
 /// One system's turn: a round, a rule set, its tests.

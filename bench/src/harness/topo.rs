@@ -114,6 +114,17 @@ impl ChildGuard {
         args: &[&str],
         stderr: Option<std::fs::File>,
     ) -> Result<ChildGuard, CmdError> {
+        Self::spawn_to(ns, args, Stdio::piped(), stderr)
+    }
+
+    /// Like [`ChildGuard::spawn`] with stdout to `stdout` (a file for large
+    /// outputs: nobody reads a pipe while the child runs).
+    pub fn spawn_to(
+        ns: Option<&str>,
+        args: &[&str],
+        stdout: Stdio,
+        stderr: Option<std::fs::File>,
+    ) -> Result<ChildGuard, CmdError> {
         let mut v: Vec<&str> = Vec::new();
         if let Some(ns) = ns {
             v.extend_from_slice(&["ip", "netns", "exec", ns]);
@@ -130,7 +141,7 @@ impl ChildGuard {
             .args(rest)
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(stderr.map_or(Stdio::null(), Stdio::from))
             .spawn()
             .map_err(|source| CmdError::Spawn {

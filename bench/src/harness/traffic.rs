@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::topo::{run, run_in, ChildGuard, DEV, ENDPOINTS, NS_RCV, NS_SND};
@@ -200,9 +201,9 @@ pub fn iperf3_bps(json: &str) -> Option<f64> {
 }
 
 /// Streams per iperf3 client (iperf3 caps -P at 128).
-pub const STREAMS_PER_CLIENT: u32 = 125;
+pub const STREAMS_PER_CLIENT: u32 = 128;
 
-/// TCP: `streams` iperf3 streams (over ceil(streams/125) client/server
+/// TCP: `streams` iperf3 streams (over ceil(streams/128) client/server
 /// pairs) for `secs`; Gbit/s summed over the clients.
 pub fn tcp(
     gen: &Gen,
@@ -231,21 +232,28 @@ pub fn tcp(
     let t = secs.as_secs().max(1).to_string();
     let m = Meter::start(meter_pid, tck)?;
     let mut cl = Vec::new();
+    let mut outs = Vec::new();
     for i in 0..clients {
         let port = (5201 + i).to_string();
         let per = (streams - i * STREAMS_PER_CLIENT)
             .min(STREAMS_PER_CLIENT)
             .to_string();
-        cl.push(ChildGuard::spawn(
+        // JSON of many streams is larger than a pipe: to a file.
+        let path = std::env::temp_dir().join(format!("fb-iperf3-{}-{i}.json", std::process::id()));
+        let file = std::fs::File::create(&path)
+            .map_err(|e| parse_err("iperf3 output file", format!("{}: {e}", path.display())))?;
+        outs.push(RemoveFile(path));
+        cl.push(ChildGuard::spawn_to(
             Some(NS_SND),
             &[
                 "taskset", "-c", &gen.cpus, "iperf3", "-c", &dst, "-p", &port, "-t", &t, "-P",
                 &per, "-J",
             ],
+            Stdio::from(file),
             None,
         )?);
     }
-    let deadline = Instant::now() + secs + Duration::from_secs(20);
+    let deadline = Instant::now() + secs + Duration::from_secs(30);
     while cl.iter_mut().any(|c| !c.exited()) {
         if stopped() {
             return Err(TrafficError::Interrupted);
@@ -257,17 +265,24 @@ pub fn tcp(
     }
     m.finish(s)?;
     let mut bps = 0.0;
-    for c in &mut cl {
-        let mut out = String::new();
-        if let Some(o) = c.0.stdout.as_mut() {
-            let _ = o.read_to_string(&mut out);
-        }
+    for o in &outs {
+        let out = std::fs::read_to_string(&o.0).unwrap_or_default();
         bps += iperf3_bps(&out)
             .ok_or_else(|| parse_err("iperf3 -J", out.chars().take(200).collect::<String>()))?;
     }
     s.gbps = Some(bps / 1e9);
     drop(servers);
     Ok(())
+}
+
+/// Removes a file on drop.
+#[derive(Debug)]
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Latency: the request/response server in the receiver namespace and
