@@ -98,7 +98,15 @@ pub fn row_tests(samples: &[Sample]) -> Vec<Test> {
     if rows.is_empty() {
         rows = samples.iter().filter_map(|s| s.test).collect();
     }
-    rows.sort();
+    // UDP by rate with max last, then TCP, then latency.
+    rows.sort_by_key(|t| {
+        let (rank, rate) = match t.kind {
+            Kind::Udp(r) => (0, r.unwrap_or(u64::MAX)),
+            Kind::Tcp => (1, 0),
+            Kind::Latency => (2, 0),
+        };
+        (rank, rate, t.flows, t.rules)
+    });
     rows.dedup();
     rows
 }
@@ -803,6 +811,38 @@ mod tests {
         assert_eq!(svg.matches("<rect x=").count() - 3, 8);
         assert!(svg.contains(">n/a</text>"));
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    }
+
+    #[test]
+    fn rows_fixed_rates_before_max() {
+        let t = |kind, flows| Test {
+            kind,
+            flows,
+            rules: Some(10),
+        };
+        let v: Vec<Sample> = [
+            t(Kind::Latency, 1),
+            t(Kind::Udp(None), 1),
+            t(Kind::Tcp, 1),
+            t(Kind::Udp(Some(300_000)), 1),
+            t(Kind::Udp(Some(100_000)), 1000),
+            t(Kind::Udp(Some(100_000)), 1),
+        ]
+        .into_iter()
+        .map(|t| s(1, System::Ovs, t, 1, None))
+        .collect();
+        let labels: Vec<String> = row_tests(&v).iter().map(Test::short_label).collect();
+        assert_eq!(
+            labels,
+            [
+                "100kpps 1fl/10r",
+                "100kpps 1kfl/10r",
+                "300kpps 1fl/10r",
+                "max 1fl/10r",
+                "tcp 1fl/10r",
+                "rr 1fl/10r"
+            ]
+        );
     }
 
     #[test]
