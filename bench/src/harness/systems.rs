@@ -1,0 +1,281 @@
+//! Starting and stopping each switch on the topology's `fb-a`/`fb-b`:
+//! ferrovsd (config TOML + flows file), Open vSwitch (netdev bridge,
+//! afxdp ports, one PMD on the poll core, flows with `ovs-ofctl
+//! add-flows`), the Linux bridge. A [`Running`] system tears itself down
+//! when dropped and names the process to charge CPU to.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::topo::{self, run, run_quiet, ChildGuard, BRIDGE, LINK_A, LINK_B};
+use super::System;
+
+/// Why a system could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    /// A setup command failed.
+    #[error(transparent)]
+    Cmd(#[from] topo::CmdError),
+    /// Writing a config file failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The daemon exited.
+    #[error("{what} exited during start-up: {log}")]
+    Exited {
+        /// Which.
+        what: &'static str,
+        /// Tail of its log.
+        log: String,
+    },
+    /// No ping through the switch.
+    #[error("{0}: no connectivity through the switch within 15 s")]
+    NoConnectivity(&'static str),
+    /// Stop requested.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Path of the OVS control script (Debian).
+pub const OVS_CTL: &str = "/usr/share/openvswitch/scripts/ovs-ctl";
+const OVS_PIDFILE: &str = "/var/run/openvswitch/ovs-vswitchd.pid";
+
+/// Settings shared by all systems.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// ferrovsd binary.
+    pub ferrovsd: PathBuf,
+    /// Core for the ferrovs poll thread and the OVS PMD.
+    pub core: usize,
+    /// Scratch directory.
+    pub work: PathBuf,
+}
+
+/// Why `sys` cannot run here, if it cannot.
+pub fn unavailable(sys: System, env: &Env) -> Option<String> {
+    match sys {
+        System::Ferrovs => (!env.ferrovsd.exists()).then(|| {
+            format!(
+                "{} not found (build it: cargo build --release -p tools -p bench, or pass --ferrovsd)",
+                env.ferrovsd.display()
+            )
+        }),
+        System::Ovs => {
+            if run(&["ovs-vsctl", "--version"]).is_err() || !Path::new(OVS_CTL).exists() {
+                Some("Open vSwitch not installed (apt-get install openvswitch-switch, or scripts/deps.sh)".into())
+            } else {
+                None
+            }
+        }
+        System::Bridge => None,
+    }
+}
+
+fn ovs_running() -> bool {
+    std::fs::read_to_string(OVS_PIDFILE)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// The OVS daemons for the whole run: started if they were not running,
+/// and then stopped on drop; if they were already running they are left
+/// running (only our bridge is removed).
+#[derive(Debug)]
+pub struct OvsDaemon {
+    started: bool,
+}
+
+impl OvsDaemon {
+    /// Starts ovsdb-server and ovs-vswitchd unless running.
+    pub fn start(core: usize) -> Result<OvsDaemon, SystemError> {
+        let started = !ovs_running();
+        let guard = OvsDaemon { started };
+        if started {
+            run(&[OVS_CTL, "start", "--system-id=random"])?;
+        }
+        run_quiet(&["ovs-vsctl", "--if-exists", "--timeout=5", "del-br", BRIDGE]);
+        run(&[
+            "ovs-vsctl",
+            "--timeout=10",
+            "set",
+            "Open_vSwitch",
+            ".",
+            &format!("other_config:pmd-cpu-mask=0x{:x}", 1u64 << core),
+        ])?;
+        Ok(guard)
+    }
+}
+
+impl Drop for OvsDaemon {
+    fn drop(&mut self) {
+        run_quiet(&["ovs-vsctl", "--if-exists", "--timeout=5", "del-br", BRIDGE]);
+        if self.started {
+            run_quiet(&[OVS_CTL, "stop"]);
+        }
+    }
+}
+
+/// A started system; torn down on drop.
+#[derive(Debug)]
+pub enum Running {
+    /// ferrovsd child.
+    Ferrovs(ChildGuard),
+    /// OVS bridge `fbbr` on the running daemon.
+    Ovs(u32),
+    /// Linux bridge `fbbr`.
+    Bridge,
+}
+
+impl Running {
+    /// Process to charge CPU to (none for the in-kernel bridge).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Ferrovs(c) => Some(c.id()),
+            Running::Ovs(pid) => Some(*pid),
+            Running::Bridge => None,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        match self {
+            Running::Ferrovs(c) => c.stop("TERM", Duration::from_secs(5)),
+            Running::Ovs(_) => {
+                run_quiet(&["ovs-vsctl", "--if-exists", "--timeout=5", "del-br", BRIDGE])
+            }
+            Running::Bridge => run_quiet(&["ip", "link", "del", BRIDGE]),
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), SystemError> {
+    std::fs::write(path, text).map_err(|source| SystemError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" / ")
+}
+
+/// Starts `sys` on fresh links with `rules` (ovs-ofctl syntax; ignored by
+/// the bridge) and waits until a ping goes through.
+pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError> {
+    let rules_path = env.work.join("rules.txt");
+    write(&rules_path, rules)?;
+    let running = match sys {
+        System::Ferrovs => {
+            let cfg = env.work.join("ferrovs.toml");
+            write(
+                &cfg,
+                &format!(
+                    "bridge = \"{BRIDGE}\"\nthreads = 1\ncores = [{}]\nsocket = \"{}\"\nflows = \"{}\"\n\n\
+                     [[port]]\nname = \"{LINK_A}\"\nofport = 1\n\n[[port]]\nname = \"{LINK_B}\"\nofport = 2\n",
+                    env.core,
+                    env.work.join("ferrovs.sock").display(),
+                    rules_path.display()
+                ),
+            )?;
+            let log_path = env.work.join("ferrovsd.log");
+            let log = std::fs::File::create(&log_path).map_err(|source| SystemError::Write {
+                path: log_path.display().to_string(),
+                source,
+            })?;
+            let ferrovsd = env.ferrovsd.display().to_string();
+            let cfg_s = cfg.display().to_string();
+            let mut child = ChildGuard::spawn(
+                None,
+                &["env", "RUST_LOG=warn", &ferrovsd, "-c", &cfg_s],
+                Some(log),
+            )?;
+            std::thread::sleep(Duration::from_millis(300));
+            if child.exited() {
+                return Err(SystemError::Exited {
+                    what: "ferrovsd",
+                    log: tail(&log_path),
+                });
+            }
+            Running::Ferrovs(child)
+        }
+        System::Ovs => {
+            run_quiet(&["ovs-vsctl", "--if-exists", "--timeout=5", "del-br", BRIDGE]);
+            // Guard first: a failing step below still removes the bridge.
+            let mut running = Running::Ovs(0);
+            run(&[
+                "ovs-vsctl",
+                "--timeout=10",
+                "add-br",
+                BRIDGE,
+                "--",
+                "set",
+                "bridge",
+                BRIDGE,
+                "datapath_type=netdev",
+            ])?;
+            for (i, l) in [LINK_A, LINK_B].iter().enumerate() {
+                run(&[
+                    "ovs-vsctl",
+                    "--timeout=10",
+                    "add-port",
+                    BRIDGE,
+                    l,
+                    "--",
+                    "set",
+                    "interface",
+                    l,
+                    "type=afxdp",
+                    "options:xdp-mode=native",
+                    &format!("ofport_request={}", i + 1),
+                ])?;
+            }
+            run(&["ovs-ofctl", "del-flows", BRIDGE])?;
+            run(&[
+                "ovs-ofctl",
+                "add-flows",
+                BRIDGE,
+                &rules_path.display().to_string(),
+            ])?;
+            let pid = std::fs::read_to_string(OVS_PIDFILE)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .ok_or(SystemError::Exited {
+                    what: "ovs-vswitchd",
+                    log: format!("no pid in {OVS_PIDFILE}"),
+                })?;
+            if let Running::Ovs(p) = &mut running {
+                *p = pid;
+            }
+            running
+        }
+        System::Bridge => {
+            run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+            let running = Running::Bridge;
+            run(&["ip", "link", "set", LINK_A, "master", BRIDGE])?;
+            run(&["ip", "link", "set", LINK_B, "master", BRIDGE])?;
+            run(&["ip", "link", "set", BRIDGE, "up"])?;
+            running
+        }
+    };
+    if !topo::wait_connectivity(Duration::from_secs(15)) {
+        if super::stopped() {
+            return Err(SystemError::Interrupted);
+        }
+        if matches!(running, Running::Ferrovs(_)) {
+            return Err(SystemError::Exited {
+                what: "ferrovsd (or no connectivity through it)",
+                log: tail(&env.work.join("ferrovsd.log")),
+            });
+        }
+        return Err(SystemError::NoConnectivity(sys.name()));
+    }
+    Ok(running)
+}

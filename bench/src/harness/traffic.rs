@@ -1,0 +1,395 @@
+//! Traffic and meters: trafgen UDP at a fixed or unlimited rate, iperf3
+//! TCP with one or many streams, the UDP request/response client, and the
+//! [`Meter`] that reads interface counters inside the namespaces and CPU
+//! time from /proc around a measurement.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::topo::{run, run_in, ChildGuard, DEV, ENDPOINTS, NS_RCV, NS_SND};
+use super::{sleep_unless_stopped, stopped, Sample};
+
+/// A measurement that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrafficError {
+    /// A command failed.
+    #[error(transparent)]
+    Cmd(#[from] super::topo::CmdError),
+    /// Output we could not read.
+    #[error("{what}: unexpected output: {detail}")]
+    Parse {
+        /// Which tool or file.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Stop requested.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn parse_err(what: &'static str, detail: impl Into<String>) -> TrafficError {
+    TrafficError::Parse {
+        what,
+        detail: detail.into(),
+    }
+}
+
+/// `(rx_packets, tx_packets)` of eth0 in `ns`.
+pub fn counters(ns: &str) -> Result<(u64, u64), TrafficError> {
+    let out = run(&["ip", "-n", ns, "-s", "-j", "link", "show", DEV])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| parse_err("ip -s -j link", e.to_string()))?;
+    let stats = &v[0]["stats64"];
+    let get = |dir: &str| stats[dir]["packets"].as_u64();
+    match (get("rx"), get("tx")) {
+        (Some(rx), Some(tx)) => Ok((rx, tx)),
+        _ => Err(parse_err("ip -s -j link", format!("no stats64 in {ns}"))),
+    }
+}
+
+/// utime+stime ticks of a process (all threads), from /proc/PID/stat.
+pub fn proc_ticks(pid: u32) -> Result<u64, TrafficError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| parse_err("/proc/PID/stat", format!("{pid}: {e}")))?;
+    parse_proc_ticks(&text)
+        .ok_or_else(|| parse_err("/proc/PID/stat", format!("{pid}: no utime/stime")))
+}
+
+/// utime (field 14) + stime (field 15) of a /proc/PID/stat line.
+pub fn parse_proc_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")" the fields start at 3 (state): utime = index 11, stime = 12.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Softirq ticks over all CPUs (the `cpu` line of /proc/stat).
+pub fn softirq_ticks() -> Result<u64, TrafficError> {
+    let text = std::fs::read_to_string("/proc/stat")
+        .map_err(|e| parse_err("/proc/stat", e.to_string()))?;
+    parse_softirq(&text).ok_or_else(|| parse_err("/proc/stat", "no cpu line"))
+}
+
+/// The softirq column (7th number) of the aggregate `cpu` line.
+pub fn parse_softirq(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 if unknown).
+pub fn clk_tck() -> f64 {
+    run(&["getconf", "CLK_TCK"])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Counters and CPU at the start of a measurement.
+#[derive(Debug)]
+pub struct Meter {
+    t0: Instant,
+    snd: (u64, u64),
+    rcv: (u64, u64),
+    cpu: Option<u64>,
+    softirq: u64,
+    pid: Option<u32>,
+    tck: f64,
+}
+
+impl Meter {
+    /// Snapshot now; `pid` = the switch process (if any).
+    pub fn start(pid: Option<u32>, tck: f64) -> Result<Meter, TrafficError> {
+        Ok(Meter {
+            snd: counters(NS_SND)?,
+            rcv: counters(NS_RCV)?,
+            cpu: pid.map(proc_ticks).transpose()?,
+            softirq: softirq_ticks()?,
+            t0: Instant::now(),
+            pid,
+            tck,
+        })
+    }
+
+    /// Fills `secs`, `sent`, `received`, `switched`, `cpu_s`, `softirq_s`.
+    pub fn finish(&self, s: &mut Sample) -> Result<(), TrafficError> {
+        let cpu1 = self.pid.map(proc_ticks).transpose()?;
+        let si1 = softirq_ticks()?;
+        let snd = counters(NS_SND)?;
+        let rcv = counters(NS_RCV)?;
+        s.secs = self.t0.elapsed().as_secs_f64();
+        s.sent = snd.1.saturating_sub(self.snd.1);
+        s.received = rcv.0.saturating_sub(self.rcv.0);
+        s.switched = s.received + snd.0.saturating_sub(self.snd.0);
+        s.cpu_s = match (self.cpu, cpu1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / self.tck),
+            _ => None,
+        };
+        s.softirq_s = si1.saturating_sub(self.softirq) as f64 / self.tck;
+        Ok(())
+    }
+}
+
+/// Where the load generators run (`taskset -c LIST`).
+#[derive(Debug, Clone)]
+pub struct Gen {
+    /// CPU list for generators, clients and servers (not the poll core).
+    pub cpus: String,
+    /// This executable (for the latency client/server).
+    pub exe: String,
+    /// Warm-up before the measurement window.
+    pub warmup: Duration,
+}
+
+/// UDP: trafgen with `cfg` at `rate` pps (None = max) for `secs`; the
+/// measurement window starts after the warm-up.
+pub fn udp(
+    gen: &Gen,
+    cfg: &Path,
+    rate: Option<u64>,
+    secs: Duration,
+    meter_pid: Option<u32>,
+    tck: f64,
+    s: &mut Sample,
+) -> Result<(), TrafficError> {
+    let cfg = cfg.display().to_string();
+    let rate_arg = rate.map(|r| format!("{r}pps"));
+    let mut args = vec![
+        "taskset",
+        "-c",
+        &gen.cpus,
+        "trafgen",
+        "-i",
+        &cfg,
+        "-o",
+        DEV,
+        "-P",
+        "1",
+        "--no-sock-mem",
+        "-Q",
+        "-C",
+    ];
+    if let Some(r) = &rate_arg {
+        args.extend_from_slice(&["-b", r]);
+    }
+    let mut child = ChildGuard::spawn(Some(NS_SND), &args, None)?;
+    if !sleep_unless_stopped(gen.warmup) {
+        return Err(TrafficError::Interrupted);
+    }
+    if child.exited() {
+        return Err(parse_err(
+            "trafgen",
+            "exited early (see: ip netns exec fb-snd trafgen ...)",
+        ));
+    }
+    let m = Meter::start(meter_pid, tck)?;
+    let ok = sleep_unless_stopped(secs);
+    m.finish(s)?;
+    child.stop("INT", Duration::from_secs(2));
+    if !ok {
+        return Err(TrafficError::Interrupted);
+    }
+    Ok(())
+}
+
+/// Sum of `end.sum_received.bits_per_second` of iperf3 JSON outputs.
+pub fn iperf3_bps(json: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64()
+}
+
+/// Streams per iperf3 client (iperf3 caps -P at 128, and clients with
+/// more than ~50 streams often hang in the end-of-test exchange).
+pub const STREAMS_PER_CLIENT: u32 = 32;
+
+/// TCP: `streams` iperf3 streams (over ceil(streams/32) client/server
+/// pairs) for `secs`; Gbit/s summed over the clients.
+pub fn tcp(
+    gen: &Gen,
+    streams: u32,
+    secs: Duration,
+    meter_pid: Option<u32>,
+    tck: f64,
+    s: &mut Sample,
+) -> Result<(), TrafficError> {
+    let clients = streams.div_ceil(STREAMS_PER_CLIENT).max(1);
+    let mut servers = Vec::new();
+    for i in 0..clients {
+        let port = (5201 + i).to_string();
+        servers.push(ChildGuard::spawn(
+            Some(NS_RCV),
+            &[
+                "taskset", "-c", &gen.cpus, "iperf3", "-s", "-1", "-p", &port,
+            ],
+            None,
+        )?);
+    }
+    if !sleep_unless_stopped(Duration::from_millis(400)) {
+        return Err(TrafficError::Interrupted);
+    }
+    let dst = ENDPOINTS.dst_ip.to_string();
+    let t = secs.as_secs().max(1).to_string();
+    let m = Meter::start(meter_pid, tck)?;
+    let mut cl = Vec::new();
+    let mut outs = Vec::new();
+    for i in 0..clients {
+        let port = (5201 + i).to_string();
+        let per = (streams - i * STREAMS_PER_CLIENT)
+            .min(STREAMS_PER_CLIENT)
+            .to_string();
+        // JSON of many streams is larger than a pipe: to a file.
+        let path = std::env::temp_dir().join(format!("fb-iperf3-{}-{i}.json", std::process::id()));
+        let file = std::fs::File::create(&path)
+            .map_err(|e| parse_err("iperf3 output file", format!("{}: {e}", path.display())))?;
+        outs.push(RemoveFile(path));
+        cl.push(ChildGuard::spawn_to(
+            Some(NS_SND),
+            &[
+                "taskset", "-c", &gen.cpus, "iperf3", "-c", &dst, "-p", &port, "-t", &t, "-P",
+                &per, "-J",
+            ],
+            Stdio::from(file),
+            None,
+        )?);
+    }
+    let deadline = Instant::now() + secs + Duration::from_secs(30);
+    while cl.iter_mut().any(|c| !c.exited()) {
+        if stopped() {
+            return Err(TrafficError::Interrupted);
+        }
+        if Instant::now() > deadline {
+            return Err(parse_err("iperf3", "client did not finish"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.finish(s)?;
+    let mut bps = 0.0;
+    for o in &outs {
+        let out = std::fs::read_to_string(&o.0).unwrap_or_default();
+        bps += iperf3_bps(&out)
+            .ok_or_else(|| parse_err("iperf3 -J", out.chars().take(200).collect::<String>()))?;
+    }
+    s.gbps = Some(bps / 1e9);
+    drop(servers);
+    Ok(())
+}
+
+/// Removes a file on drop.
+#[derive(Debug)]
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Latency: the request/response server in the receiver namespace and
+/// the client over `flows` sockets in the sender namespace, for `secs`.
+pub fn latency(
+    gen: &Gen,
+    flows: u32,
+    secs: Duration,
+    meter_pid: Option<u32>,
+    tck: f64,
+    s: &mut Sample,
+) -> Result<(), TrafficError> {
+    let port = super::latency::PORT.to_string();
+    let _server = ChildGuard::spawn(
+        Some(NS_RCV),
+        &[
+            "taskset",
+            "-c",
+            &gen.cpus,
+            &gen.exe,
+            "rr-server",
+            "--port",
+            &port,
+        ],
+        None,
+    )?;
+    if !sleep_unless_stopped(Duration::from_millis(300)) {
+        return Err(TrafficError::Interrupted);
+    }
+    let dst = format!("{}:{port}", ENDPOINTS.dst_ip);
+    let ms = secs.as_millis().to_string();
+    let m = Meter::start(meter_pid, tck)?;
+    let mut client = ChildGuard::spawn(
+        Some(NS_SND),
+        &[
+            "taskset",
+            "-c",
+            &gen.cpus,
+            &gen.exe,
+            "rr-client",
+            "--dst",
+            &dst,
+            "--flows",
+            &flows.to_string(),
+            "--millis",
+            &ms,
+        ],
+        None,
+    )?;
+    let deadline = Instant::now() + secs + Duration::from_secs(30);
+    while !client.exited() {
+        if stopped() {
+            return Err(TrafficError::Interrupted);
+        }
+        if Instant::now() > deadline {
+            return Err(parse_err("rr-client", "did not finish"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m.finish(s)?;
+    let mut out = String::new();
+    if let Some(o) = client.0.stdout.as_mut() {
+        let _ = o.read_to_string(&mut out);
+    }
+    let r =
+        super::latency::Summary::parse(&out).ok_or_else(|| parse_err("rr-client", out.clone()))?;
+    s.rtts = r.count;
+    s.p50_us = r.p50_us;
+    s.p99_us = r.p99_us;
+    if r.count == 0 {
+        return Err(parse_err(
+            "rr-client",
+            format!("no responses ({} lost)", r.lost),
+        ));
+    }
+    Ok(())
+}
+
+/// Is `tool` on PATH?
+pub fn have(tool: &str) -> bool {
+    run(&["sh", "-c", &format!("command -v {tool}")]).is_ok()
+}
+
+/// Runs something in the sender namespace (used by checks).
+pub fn in_sender(args: &[&str]) -> Result<String, TrafficError> {
+    Ok(run_in(NS_SND, args)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_fields() {
+        let line =
+            "1234 (ferro vsd) S 1 1234 1234 0 -1 4194560 500 0 0 0 731 264 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_proc_ticks(line), Some(731 + 264));
+        let stat = "cpu  10 20 30 40 50 60 70 0 0 0\ncpu0 1 2 3 4 5 6 7 0 0 0\n";
+        assert_eq!(parse_softirq(stat), Some(70));
+    }
+
+    #[test]
+    fn iperf3_json() {
+        let j = r#"{"end":{"sum_received":{"bytes":100,"bits_per_second":2.5e9}}}"#;
+        assert_eq!(iperf3_bps(j), Some(2.5e9));
+        assert_eq!(iperf3_bps("{}"), None);
+    }
+}
