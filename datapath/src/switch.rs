@@ -378,9 +378,9 @@ impl Switch {
         let _ = waker.wake();
     }
 
-    /// Translates `key` with a trace, without touching counters, the MAC
-    /// table or the affinity table (`ferrovs-ctl trace`).
-    pub fn trace(&self, key: &FlowKey) -> (Xlation, Trace) {
+    /// Runs `f` on the current pipeline with copies of the MAC and affinity
+    /// tables, so a trace changes nothing.
+    fn dry_run<R>(&self, f: impl FnOnce(&flows::pipeline::Pipeline, &mut XlateEnv<'_>) -> R) -> R {
         let p = self.pipeline();
         let mut macs = lock(&self.shared.macs).clone();
         let mut affinity = lock(&self.shared.affinity).clone();
@@ -389,24 +389,24 @@ impl Switch {
             affinity: &mut affinity,
             now_ms: self.shared.now_ms(),
         };
-        let mut trace = Trace::default();
-        let x = translate(&p, key, &mut env, Some(&mut trace));
-        (x, trace)
+        f(&p, &mut env)
+    }
+
+    /// Translates `key` with a trace, without touching counters, the MAC
+    /// table or the affinity table (`ferrovs-ctl trace`).
+    pub fn trace(&self, key: &FlowKey) -> (Xlation, Trace) {
+        self.dry_run(|p, env| {
+            let mut trace = Trace::default();
+            let x = translate(p, key, env, Some(&mut trace));
+            (x, trace)
+        })
     }
 
     /// Like [`trace`](Self::trace), following conntrack recirculations
     /// with `ct_next` as the connection state (see
     /// [`flows::trace::trace_through`]).
     pub fn trace_through(&self, key: &FlowKey, ct_next: u64) -> Vec<flows::trace::Pass> {
-        let p = self.pipeline();
-        let mut macs = lock(&self.shared.macs).clone();
-        let mut affinity = lock(&self.shared.affinity).clone();
-        let mut env = XlateEnv {
-            macs: &mut macs,
-            affinity: &mut affinity,
-            now_ms: self.shared.now_ms(),
-        };
-        flows::trace::trace_through(&p, key, &mut env, ct_next)
+        self.dry_run(|p, env| flows::trace::trace_through(p, key, env, ct_next))
     }
 
     /// Switch-wide counters.
