@@ -207,17 +207,7 @@ impl Agent {
 
     /// Replaces the snapshot; returns the objects that differ.
     pub fn set_snapshot(&mut self, new: ClusterSnapshot) -> Vec<ObjectRef> {
-        let mut changed: Vec<ObjectRef> = Vec::new();
-        for r in self.snap.refs() {
-            if new.get(r) != self.snap.get(r) {
-                changed.push(r.clone());
-            }
-        }
-        for r in new.refs() {
-            if !self.snap.contains(r) {
-                changed.push(r.clone());
-            }
-        }
+        let changed = self.snap.changed_refs(&new);
         self.snap = new;
         changed
     }

@@ -211,6 +211,15 @@ fn upsert<T: PartialEq>(map: &mut BTreeMap<ObjectRef, T>, key: ObjectRef, value:
     }
 }
 
+/// The Service an EndpointSlice belongs to (`kubernetes.io/service-name`).
+fn service_of(s: &EndpointSlice) -> Option<&str> {
+    s.metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)
+        .map(String::as_str)
+}
+
 /// The values of `map` whose key has `kind` and `namespace`.
 fn in_namespace<'a, T>(
     map: &'a BTreeMap<ObjectRef, T>,
@@ -285,6 +294,32 @@ impl ClusterSnapshot {
             Kind::EndpointSlice => self.endpoint_slices.contains_key(object),
             Kind::NetworkPolicy => self.network_policies.contains_key(object),
         }
+    }
+
+    /// Identities of the objects that differ between `self` and `new`:
+    /// added, removed or changed, in `refs` order. Compares in place,
+    /// without copying objects.
+    pub fn changed_refs(&self, new: &ClusterSnapshot) -> Vec<ObjectRef> {
+        fn diff<T: PartialEq>(
+            a: &BTreeMap<ObjectRef, T>,
+            b: &BTreeMap<ObjectRef, T>,
+            out: &mut Vec<ObjectRef>,
+        ) {
+            for (k, v) in a {
+                if b.get(k) != Some(v) {
+                    out.push(k.clone());
+                }
+            }
+            out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+        }
+        let mut out = Vec::new();
+        diff(&self.nodes, &new.nodes, &mut out);
+        diff(&self.namespaces, &new.namespaces, &mut out);
+        diff(&self.pods, &new.pods, &mut out);
+        diff(&self.services, &new.services, &mut out);
+        diff(&self.endpoint_slices, &new.endpoint_slices, &mut out);
+        diff(&self.network_policies, &new.network_policies, &mut out);
+        out
     }
 
     /// Identities of all objects, by kind then namespace then name.
@@ -377,13 +412,23 @@ impl ClusterSnapshot {
         namespace: &'a str,
         service: &'a str,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        in_namespace(&self.endpoint_slices, Kind::EndpointSlice, namespace).filter(move |s| {
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .is_some_and(|n| n == service)
-        })
+        in_namespace(&self.endpoint_slices, Kind::EndpointSlice, namespace)
+            .filter(move |s| service_of(s) == Some(service))
+    }
+
+    /// The EndpointSlices with their Service's name (by the
+    /// `kubernetes.io/service-name` label; slices without it are left out).
+    pub fn endpoint_slice_owners(&self) -> impl Iterator<Item = (&ObjectRef, &str)> {
+        self.endpoint_slices
+            .iter()
+            .filter_map(|(r, s)| Some((r, service_of(s)?)))
+    }
+
+    /// The Service name of EndpointSlice `namespace/name`, if it is present
+    /// and labelled.
+    pub fn endpoint_slice_owner(&self, namespace: &str, name: &str) -> Option<&str> {
+        let r = ObjectRef::new(Kind::EndpointSlice, namespace, name);
+        service_of(self.endpoint_slices.get(&r)?)
     }
 
     pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
@@ -421,6 +466,21 @@ mod tests {
             }),
             ..Pod::default()
         })
+    }
+
+    #[test]
+    fn changed_refs_lists_added_removed_and_changed() {
+        let mut a = ClusterSnapshot::new();
+        a.apply(pod(Some("a"), "same", "10.0.0.1"));
+        a.apply(pod(Some("a"), "changed", "10.0.0.2"));
+        a.apply(pod(Some("a"), "gone", "10.0.0.3"));
+        let mut b = ClusterSnapshot::new();
+        b.apply(pod(Some("a"), "same", "10.0.0.1"));
+        b.apply(pod(Some("a"), "changed", "10.0.0.9"));
+        b.apply(pod(Some("a"), "new", "10.0.0.4"));
+        let names: Vec<String> = a.changed_refs(&b).iter().map(|r| r.name.clone()).collect();
+        assert_eq!(names, ["changed", "gone", "new"]);
+        assert!(a.changed_refs(&a.clone()).is_empty());
     }
 
     #[test]

@@ -238,21 +238,8 @@ impl Compiler {
     pub fn full(&mut self, snap: &ClusterSnapshot, ports: &PodPorts) -> Delta {
         self.model = Model::build(snap);
         self.slice_owner = snap
-            .endpoint_slices()
-            .filter_map(|s| {
-                let svc = s
-                    .metadata
-                    .labels
-                    .as_ref()?
-                    .get("kubernetes.io/service-name")?;
-                Some((
-                    (
-                        s.metadata.namespace.clone().unwrap_or_default(),
-                        s.metadata.name.clone().unwrap_or_default(),
-                    ),
-                    svc.clone(),
-                ))
-            })
+            .endpoint_slice_owners()
+            .map(|(r, svc)| ((r.namespace.clone(), r.name.clone()), svc.to_string()))
             .collect();
         let mut want: BTreeSet<Unit> = BTreeSet::new();
         want.insert(Unit::Infra);
@@ -317,20 +304,13 @@ impl Compiler {
                 }
                 Kind::EndpointSlice => {
                     let key = (r.namespace.clone(), r.name.clone());
-                    let now = snap.get(r).and_then(|o| match o {
-                        crate::snapshot::Object::EndpointSlice(s) => s
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get("kubernetes.io/service-name").cloned()),
-                        _ => None,
-                    });
+                    let now = snap.endpoint_slice_owner(&r.namespace, &r.name);
                     if let Some(old) = self.slice_owner.remove(&key) {
                         units.insert(Unit::Service(r.namespace.clone(), old));
                     }
                     if let Some(svc) = now {
-                        self.slice_owner.insert(key, svc.clone());
-                        units.insert(Unit::Service(r.namespace.clone(), svc));
+                        self.slice_owner.insert(key, svc.to_string());
+                        units.insert(Unit::Service(r.namespace.clone(), svc.to_string()));
                     }
                 }
                 Kind::NetworkPolicy => {
