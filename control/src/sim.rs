@@ -173,24 +173,10 @@ pub fn arp_request(in_port: PortNo, mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) 
 
 /// Names of the objects whose flows a packet hit, in order (from cookies).
 pub fn objects_hit(comp: &Compiler, passes: &[Pass]) -> Vec<String> {
-    let names = comp.cookie_names();
-    let mut v: Vec<String> = Vec::new();
-    for p in passes {
-        for ev in &p.trace.events {
-            if let flows::xlate::TraceEvent::Table { flow: Some(e), .. } = ev {
-                let c = e.spec.cookie;
-                if let Some(n) = names
-                    .get(&c)
-                    .or_else(|| names.get(&(c & crate::compile::layout::COOKIE_OBJECT_MASK)))
-                {
-                    if v.last() != Some(n) {
-                        v.push(n.clone());
-                    }
-                }
-            }
-        }
-    }
-    v
+    flows::trace::objects_hit(comp.cookie_names(), passes)
+        .into_iter()
+        .map(|(_, n)| n.to_string())
+        .collect()
 }
 
 /// `ct_state` for a first packet.

@@ -180,6 +180,43 @@ pub struct Pass {
     pub trace: crate::xlate::Trace,
 }
 
+/// Mask of the object part of a cookie: a kind byte and a 24-bit object id,
+/// the convention of ferrovs-agent, whose low 32 bits say which rule or
+/// port of the object a flow is for.
+pub const COOKIE_OBJECT_MASK: u64 = 0xffff_ffff_0000_0000;
+
+/// The name registered for `cookie`: its own, or its object part's.
+pub fn cookie_name(names: &std::collections::BTreeMap<u64, String>, cookie: u64) -> Option<&str> {
+    names
+        .get(&cookie)
+        .or_else(|| names.get(&(cookie & COOKIE_OBJECT_MASK)))
+        .map(String::as_str)
+}
+
+/// The named objects whose flows `passes` hit, as `(table, name)` in order;
+/// consecutive tables of one object appear once.
+pub fn objects_hit<'a>(
+    names: &'a std::collections::BTreeMap<u64, String>,
+    passes: &[Pass],
+) -> Vec<(u8, &'a str)> {
+    let mut v: Vec<(u8, &str)> = Vec::new();
+    for ev in passes.iter().flat_map(|p| p.trace.events.iter()) {
+        if let TraceEvent::Table {
+            table,
+            flow: Some(e),
+            ..
+        } = ev
+        {
+            if let Some(n) = cookie_name(names, e.spec.cookie) {
+                if v.last().map(|l| l.1) != Some(n) {
+                    v.push((*table, n));
+                }
+            }
+        }
+    }
+    v
+}
+
 /// Passes followed at most (a pipeline that recirculates forever is cut).
 pub const MAX_PASSES: usize = 8;
 

@@ -15,6 +15,7 @@ use datapath::switch::{Switch, SwitchError};
 use flows::action::PortNo;
 use flows::pipeline::{FlowFilter, FlowMod, Pipeline, VlanMode};
 use flows::syntax;
+use flows::trace::COOKIE_OBJECT_MASK;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{port_from_args, PortConfig, PortKind};
@@ -41,9 +42,6 @@ pub struct Response {
     #[serde(default)]
     pub error: String,
 }
-
-/// Mask of the object part of a cookie (kind byte + 24-bit id).
-const OBJECT_MASK: u64 = 0xffff_ffff_0000_0000;
 
 /// `(cookie, name)` pairs from `bundle` `name` lines.
 pub type CookieNames = Vec<(u64, String)>;
@@ -531,14 +529,6 @@ impl Daemon {
         out
     }
 
-    /// The name of a cookie: its own, or its object part's.
-    pub fn cookie_name(&self, cookie: u64) -> Option<&str> {
-        self.names
-            .get(&cookie)
-            .or_else(|| self.names.get(&(cookie & OBJECT_MASK)))
-            .map(String::as_str)
-    }
-
     /// Object parts of cookies whose name is `want`, written as
     /// `Kind/ns/name`, `ns/name` or the name as `dump-names` shows it.
     fn object_cookies(&self, want: &str) -> Result<Vec<u64>, String> {
@@ -548,7 +538,7 @@ impl Daemon {
             .names
             .iter()
             .filter(|(c, n)| {
-                **c & !OBJECT_MASK == 0 && {
+                **c & !COOKIE_OBJECT_MASK == 0 && {
                     let n = norm(n);
                     n == want || n.split_once('/').is_some_and(|(_, rest)| rest == want)
                 }
@@ -566,7 +556,6 @@ impl Daemon {
     /// The "what decided" section of a trace: the object of every flow the
     /// packet hit, and the verdict.
     fn trace_objects(&self, passes: &[flows::trace::Pass]) -> String {
-        use flows::xlate::TraceEvent;
         let Some(final_pass) = passes.last() else {
             return String::new();
         };
@@ -575,23 +564,11 @@ impl Daemon {
         }
         let x = &final_pass.x;
         let mut out = String::from("\nObjects:\n");
-        let mut last = None;
-        for ev in passes.iter().flat_map(|p| p.trace.events.iter()) {
-            if let TraceEvent::Table {
-                table,
-                flow: Some(e),
-                ..
-            } = ev
-            {
-                if let Some(n) = self.cookie_name(e.spec.cookie) {
-                    // Consecutive tables of one object are shown once.
-                    if last != Some(n) {
-                        out.push_str(&format!("  table {table}: {n}\n"));
-                    }
-                    last = Some(n);
-                }
-            }
+        let hit = flows::trace::objects_hit(&self.names, passes);
+        for (table, n) in &hit {
+            out.push_str(&format!("  table {table}: {n}\n"));
         }
+        let last = hit.last().map(|h| h.1);
         let delivered = x
             .actions
             .iter()
@@ -609,7 +586,7 @@ impl Daemon {
         let now = self.switch.shared().now_ms();
         let mut out = String::new();
         for e in p.flows(f) {
-            if cookies.is_some_and(|c| !c.contains(&(e.spec.cookie & OBJECT_MASK))) {
+            if cookies.is_some_and(|c| !c.contains(&(e.spec.cookie & COOKIE_OBJECT_MASK))) {
                 continue;
             }
             out.push_str(&syntax::format_flow(e, now, stats));

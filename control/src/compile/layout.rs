@@ -110,7 +110,7 @@ impl CookieKind {
 }
 
 /// Mask selecting the object part (kind + id) of a cookie.
-pub const COOKIE_OBJECT_MASK: u64 = 0xffff_ffff_0000_0000;
+pub use flows::trace::COOKIE_OBJECT_MASK;
 
 /// A cookie for `kind`, object `id` (24 bits), `detail`.
 pub fn cookie(kind: CookieKind, id: u32, detail: u32) -> u64 {
