@@ -238,31 +238,18 @@ impl PodSpec {
 
 /// An agent for node-a driving `sw`, pod ports as AF_XDP ports.
 fn agent_for(sw: &Ferrovsd, cni: &TempDir) -> Agent {
-    agent_on("node-a", sw, cni)
+    agent_on("node-a", sw, cni, None)
 }
 
-/// An agent for `node` driving `sw`.
-fn agent_on(node: &str, sw: &Ferrovsd, cni: &TempDir) -> Agent {
+/// An agent for `node` driving `sw`; other nodes are reached over the
+/// VLAN trunk port `trunk` when given, else through `vxlan0`.
+fn agent_on(node: &str, sw: &Ferrovsd, cni: &TempDir, trunk: Option<&str>) -> Agent {
     Agent::new(AgentConfig {
         node: node.into(),
         socket: sw.socket.clone(),
         cni_state: cni.0.clone(),
         tunnel_port: "vxlan0".into(),
-        trunk_port: None,
-        gateway_mac: [2, 0xfe, 0, 0, 0, 1],
-        port_args: vec![],
-    })
-}
-
-/// An agent for `node` whose other nodes are reached over the VLAN trunk
-/// port `trunk`.
-fn agent_trunk(node: &str, sw: &Ferrovsd, cni: &TempDir, trunk: &str) -> Agent {
-    Agent::new(AgentConfig {
-        node: node.into(),
-        socket: sw.socket.clone(),
-        cni_state: cni.0.clone(),
-        tunnel_port: "vxlan0".into(),
-        trunk_port: Some(trunk.into()),
+        trunk_port: trunk.map(String::from),
         gateway_mac: [2, 0xfe, 0, 0, 0, 1],
         port_args: vec![],
     })
@@ -365,10 +352,7 @@ impl Cluster {
             };
             let sw = Ferrovsd::start("fvtnodeb", &cfg, None).unwrap();
             let cni = TempDir::new("fvtcni");
-            let mut agent = agent_on("node-b", &sw, &cni);
-            if trunk {
-                agent = agent_trunk("node-b", &sw, &cni, &ul.peer);
-            }
+            let agent = agent_on("node-b", &sw, &cni, trunk.then_some(ul.peer.as_str()));
             Remote {
                 agent,
                 sw,
@@ -377,10 +361,11 @@ impl Cluster {
         });
         let dir = TempDir::new("fvtman");
         let cni = TempDir::new("fvtcni");
-        let agent = match (&underlay, trunk) {
-            (Some(ul), true) => agent_trunk("node-a", &sw, &cni, &ul.host),
-            _ => agent_for(&sw, &cni),
-        };
+        let trunk_a = underlay
+            .as_ref()
+            .filter(|_| trunk)
+            .map(|ul| ul.host.as_str());
+        let agent = agent_on("node-a", &sw, &cni, trunk_a);
         let mut c = Cluster {
             sw,
             remote,
