@@ -169,6 +169,10 @@ pub struct Agent {
     /// again.
     version: Option<u64>,
     issues: BTreeSet<String>,
+    /// Wired pods on this node with their `ferrovs.io/interface`
+    /// annotation; `None` until the first round, then refreshed only when
+    /// a Pod, Node or Namespace changed.
+    local_pods: Option<BTreeMap<(String, String), Option<String>>>,
 }
 
 impl Agent {
@@ -186,6 +190,7 @@ impl Agent {
             synced: false,
             version: None,
             issues: BTreeSet::new(),
+            local_pods: None,
         }
     }
 
@@ -264,7 +269,8 @@ impl Agent {
                 gateway_mac: self.cfg.gateway_mac,
             }));
         }
-        changed.extend(self.sync_ports(&switch_ports, &mut round)?);
+        let port_changes = self.sync_ports(&switch_ports, &changed, &mut round)?;
+        changed.extend(port_changes);
         let Some(comp) = self.comp.as_mut() else {
             return Ok(round);
         };
@@ -300,9 +306,21 @@ impl Agent {
     }
 
     /// Host interface of each local pod: CNI record, else annotation.
-    fn wanted_interfaces(&self) -> BTreeMap<(String, String), String> {
-        let mut want = BTreeMap::new();
-        let model = Model::build(&self.snap);
+    /// The cluster is resolved again only when `changed` can alter the set
+    /// of local pods; the CNI records are read every round.
+    fn wanted_interfaces(&mut self, changed: &[ObjectRef]) -> BTreeMap<(String, String), String> {
+        let stale = changed
+            .iter()
+            .any(|r| matches!(r.kind, Kind::Pod | Kind::Node | Kind::Namespace));
+        if stale || self.local_pods.is_none() {
+            let model = Model::build(&self.snap);
+            self.local_pods = Some(
+                model
+                    .pods_on(&self.cfg.node)
+                    .map(|p| (p.key(), p.iface_annotation.clone()))
+                    .collect(),
+            );
+        }
         let (records, errors) = crate::attach::read_all(&self.cfg.cni_state);
         for e in errors {
             tracing::warn!("{e}");
@@ -311,10 +329,10 @@ impl Agent {
             .into_iter()
             .map(|a| ((a.namespace, a.pod), a.host_ifname))
             .collect();
-        for p in model.pods_on(&self.cfg.node) {
-            let key = p.key();
-            if let Some(i) = by_pod.get(&key).or(p.iface_annotation.as_ref()) {
-                want.insert(key, i.clone());
+        let mut want = BTreeMap::new();
+        for (key, annotation) in self.local_pods.iter().flatten() {
+            if let Some(i) = by_pod.get(key).or(annotation.as_ref()) {
+                want.insert(key.clone(), i.clone());
             }
         }
         want
@@ -323,9 +341,10 @@ impl Agent {
     fn sync_ports(
         &mut self,
         switch_ports: &BTreeMap<String, PortNo>,
+        changed: &[ObjectRef],
         round: &mut Round,
     ) -> Result<Vec<ObjectRef>, AgentError> {
-        let want = self.wanted_interfaces();
+        let want = self.wanted_interfaces(changed);
         let mut ports = PodPorts::new();
         let mut wanted_names = BTreeSet::new();
         for (key, ifname) in &want {
