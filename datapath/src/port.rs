@@ -55,12 +55,48 @@ pub trait PortTx: Send {
     fn flush(&mut self);
 }
 
+/// What the kernel counted for a port below the switch: an AF_XDP socket's
+/// `XDP_STATISTICS`. Frames the kernel dropped here never reached a poll
+/// thread, so the switch's own counters cannot see them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelPortStats {
+    /// Received frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Received frames dropped because the fill ring had no free frame.
+    pub rx_fill_empty: u64,
+    /// Received frames the socket dropped, all reasons: the kernel counts
+    /// fill-ring-empty drops here too, and frames too long for a UMEM frame.
+    pub rx_dropped: u64,
+    /// Invalid descriptors on the fill/RX or TX side.
+    pub invalid_descs: u64,
+    /// Times the kernel found the TX ring empty when asked to send.
+    pub tx_ring_empty: u64,
+}
+
+impl KernelPortStats {
+    /// Frames lost on receive, all reasons (`rx_dropped` already includes
+    /// the fill-ring-empty ones; a full RX ring is counted apart).
+    pub fn rx_lost(&self) -> u64 {
+        self.rx_ring_full + self.rx_dropped
+    }
+}
+
+/// Reads a port's [`KernelPortStats`]; outlives the port's split halves.
+pub trait KernelStats: Send + Sync {
+    /// Current values; `None` once the port is closed.
+    fn read(&self) -> Option<KernelPortStats>;
+}
+
 /// A port that can be split into its halves.
 pub trait Port: Send {
     /// Interface or port name.
     fn name(&self) -> &str;
     /// `afxdp`, `memory`, ...
     fn kind(&self) -> &'static str;
+    /// The kernel's counters for this port, if it has any (AF_XDP sockets).
+    fn kernel_stats(&self) -> Option<Arc<dyn KernelStats>> {
+        None
+    }
     /// Splits the port for the poll threads.
     fn split(self: Box<Self>) -> (Box<dyn PortRx>, Box<dyn PortTx>);
 }

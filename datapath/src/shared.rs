@@ -135,6 +135,8 @@ pub struct PortState {
     pub tx: Option<Mutex<Box<dyn PortTx>>>,
     /// Counters.
     pub counters: PortCounters,
+    /// The kernel's counters below the port (AF_XDP sockets), if any.
+    pub kernel: Option<Arc<dyn crate::port::KernelStats>>,
 }
 
 impl std::fmt::Debug for PortState {

@@ -224,6 +224,7 @@ impl Switch {
         self.check_new_port(no, port.name())?;
         let name = port.name().to_string();
         let kind = port.kind();
+        let kernel = port.kernel_stats();
         let (rx, tx) = port.split();
         let state = Arc::new(PortState {
             no,
@@ -232,6 +233,7 @@ impl Switch {
             role: PortRole::Plain,
             tx: Some(Mutex::new(tx)),
             counters: PortCounters::default(),
+            kernel,
         });
         self.publish_port(state.clone(), Some(vlan), false);
         self.give_rx(no, rx, state);
@@ -264,6 +266,7 @@ impl Switch {
                     .find(|n| pt.get(*n).is_none())
                     .ok_or_else(|| SwitchError::Open("too many underlay ports".into()))?;
                 let kind = port.kind();
+                let kernel = port.kernel_stats();
                 let (rx, tx) = port.split();
                 let st = Arc::new(PortState {
                     no: n,
@@ -276,6 +279,7 @@ impl Switch {
                     },
                     tx: Some(Mutex::new(tx)),
                     counters: PortCounters::default(),
+                    kernel,
                 });
                 self.publish_port(st.clone(), None, false);
                 self.give_rx(n, rx, st);
@@ -293,6 +297,7 @@ impl Switch {
             },
             tx: None,
             counters: PortCounters::default(),
+            kernel: None,
         });
         self.publish_port(st, Some(vlan), true);
         Ok(())

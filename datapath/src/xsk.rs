@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use libbpf_sys as bpf;
 use thiserror::Error;
 
-use crate::port::{Port, PortRx, PortTx, MAX_FRAME};
+use crate::port::{KernelPortStats, KernelStats, Port, PortRx, PortTx, MAX_FRAME};
 
 /// Size of one UMEM frame (and the largest frame a port can send).
 const FRAME_SIZE: u32 = MAX_FRAME as u32;
@@ -133,12 +133,8 @@ pub struct PortCounters {
     pub tx_bytes: u64,
     /// Frames `send` refused (no free TX frame, TX ring full, bad length).
     pub tx_dropped: u64,
-    /// Frames the kernel dropped on receive (no room in the RX ring, ...).
-    pub rx_dropped: u64,
-    /// Times the kernel found the fill ring empty.
-    pub rx_fill_empty: u64,
-    /// Invalid descriptors the kernel saw on the RX or TX side.
-    pub invalid_descs: u64,
+    /// The socket's kernel statistics (all 0 once the port is closed).
+    pub kernel: KernelPortStats,
 }
 
 /// Userspace counters, shared between the halves and [`XskStats`].
@@ -286,9 +282,13 @@ impl Shared {
             ..PortCounters::default()
         };
         if let Some(st) = self.kernel_stats() {
-            out.rx_dropped = st.rx_dropped + st.rx_ring_full;
-            out.rx_fill_empty = st.rx_fill_ring_empty_descs;
-            out.invalid_descs = st.rx_invalid_descs + st.tx_invalid_descs;
+            out.kernel = KernelPortStats {
+                rx_ring_full: st.rx_ring_full,
+                rx_fill_empty: st.rx_fill_ring_empty_descs,
+                rx_dropped: st.rx_dropped,
+                invalid_descs: st.rx_invalid_descs + st.tx_invalid_descs,
+                tx_ring_empty: st.tx_ring_empty_descs,
+            };
         }
         out
     }
@@ -573,6 +573,9 @@ impl Port for XskPort {
     fn kind(&self) -> &'static str {
         "afxdp"
     }
+    fn kernel_stats(&self) -> Option<Arc<dyn KernelStats>> {
+        Some(Arc::new(self.stats()))
+    }
     fn split(self: Box<Self>) -> (Box<dyn PortRx>, Box<dyn PortTx>) {
         let XskPort { rx, tx, .. } = *self;
         (Box::new(rx), Box::new(tx))
@@ -603,6 +606,12 @@ impl XskStats {
                 }
             }
         }
+    }
+}
+
+impl KernelStats for XskStats {
+    fn read(&self) -> Option<KernelPortStats> {
+        self.shared.upgrade().map(|s| s.counters().kernel)
     }
 }
 

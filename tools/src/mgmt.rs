@@ -618,10 +618,20 @@ impl Daemon {
         let mut out = format!("OFPST_PORT reply (OF1.3): {} ports\n", sel.len());
         for p in sel {
             let c = p.counters.snapshot();
+            let k = p.kernel.as_ref().and_then(|k| k.read());
+            // Frames the kernel dropped before the switch saw them count as
+            // receive drops too, as they do in OVS's afxdp ports.
+            let rx_drop = c.rx_dropped + k.map_or(0, |k| k.rx_lost());
             out.push_str(&format!(
                 "  port {:>2}: rx pkts={}, bytes={}, drop={}, errs=0, frame=0, over=0, crc=0\n           tx pkts={}, bytes={}, drop={}, errs=0, coll=0\n",
-                p.no, c.rx_packets, c.rx_bytes, c.rx_dropped, c.tx_packets, c.tx_bytes, c.tx_dropped
+                p.no, c.rx_packets, c.rx_bytes, rx_drop, c.tx_packets, c.tx_bytes, c.tx_dropped
             ));
+            if let Some(k) = k {
+                out.push_str(&format!(
+                    "           xsk rx_ring_full={}, rx_fill_ring_empty={}, rx_dropped={}, invalid_descs={}, tx_ring_empty={}\n",
+                    k.rx_ring_full, k.rx_fill_empty, k.rx_dropped, k.invalid_descs, k.tx_ring_empty
+                ));
+            }
         }
         Ok(out)
     }

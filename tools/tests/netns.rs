@@ -52,6 +52,12 @@ fn ping_and_tcp_between_two_namespaces() {
     }
     let n = sw.flow_packets("priority=0");
     assert!(n > 1000, "n_packets={n}");
+    // AF_XDP ports also show the socket's kernel counters.
+    let ports = sw.ctl_ok(&["dump-ports", "1"]);
+    assert!(
+        ports.contains("xsk rx_ring_full=") && ports.contains("rx_fill_ring_empty="),
+        "{ports}"
+    );
 }
 
 #[test]
