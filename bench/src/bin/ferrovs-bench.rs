@@ -15,7 +15,7 @@ use bench::harness::gen::{self, rule_set};
 use bench::harness::systems::{self, Env, OvsDaemon};
 use bench::harness::topo::{self, Links, Namespaces, ENDPOINTS};
 use bench::harness::traffic::{self, Gen};
-use bench::harness::{latency, report, stopped, Kind, Sample, System, Test};
+use bench::harness::{latency, pace, report, stopped, Kind, Sample, System, Test};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -84,6 +84,18 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// Paced UDP sender for the fixed-rate tests (runs in the sender namespace).
+    #[command(hide = true)]
+    Pace {
+        #[arg(long)]
+        dev: String,
+        #[arg(long)]
+        rate: u64,
+        #[arg(long)]
+        flows: u16,
+        #[arg(long)]
+        millis: u64,
+    },
     /// UDP request/response client (runs in the sender namespace).
     #[command(hide = true)]
     RrClient {
@@ -113,6 +125,38 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("rr-client: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::Pace {
+            dev,
+            rate,
+            flows,
+            millis,
+        }) => {
+            if let Err(e) = bench::harness::install_signal_flag() {
+                eprintln!("pace: signal handler: {e}");
+                return ExitCode::FAILURE;
+            }
+            let stop = bench::harness::stop_flag();
+            return match pace::run(
+                dev,
+                &ENDPOINTS,
+                *flows,
+                *rate,
+                Duration::from_millis(*millis),
+                &stop,
+            ) {
+                Ok(r) => {
+                    println!(
+                        "sent={} skipped={} ring_full={}",
+                        r.sent, r.skipped, r.ring_full
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
                     ExitCode::FAILURE
                 }
             };
@@ -426,7 +470,7 @@ fn run(mut args: Args) -> Result<(), String> {
                                 .find(|(f, _)| *f == t.flows)
                                 .map(|(_, p)| p.clone())
                                 .unwrap_or_default();
-                            traffic::udp(&gen_cfg, &cfg, rate, secs, pid, tck, &mut sample)
+                            traffic::udp(&gen_cfg, &cfg, t.flows, rate, secs, pid, tck, &mut sample)
                         }
                         Kind::Tcp => traffic::tcp(&gen_cfg, t.flows, secs, pid, tck, &mut sample),
                         Kind::Latency => traffic::latency(

@@ -5,10 +5,12 @@
 //! Pure parts: [`gen`] (trafgen configs, rule sets), [`report`] (Markdown,
 //! CSV, SVG from a list of [`Sample`]s). I/O parts: [`topo`] (namespaces and
 //! veths as guards), [`systems`] (start/stop each switch), [`traffic`]
-//! (trafgen, iperf3, counters, CPU), [`latency`] (UDP request/response).
+//! (trafgen, iperf3, counters, CPU), [`latency`] (UDP request/response),
+//! [`pace`] (the evenly paced AF_XDP sender for fixed rates).
 
 pub mod gen;
 pub mod latency;
+pub mod pace;
 pub mod report;
 pub mod systems;
 pub mod topo;
@@ -221,6 +223,13 @@ pub fn install_signal_flag() -> std::io::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone())?;
     Ok(())
+}
+
+/// The stop flag itself (set by SIGINT/SIGTERM once
+/// [`install_signal_flag`] ran), for loops that poll it directly.
+pub fn stop_flag() -> Arc<AtomicBool> {
+    STOP.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
 }
 
 /// Whether a stop was requested (SIGINT/SIGTERM).

@@ -143,11 +143,15 @@ pub struct Gen {
     pub warmup: Duration,
 }
 
-/// UDP: trafgen with `cfg` at `rate` pps (None = max) for `secs`; the
-/// measurement window starts after the warm-up.
+/// UDP for `secs` after the warm-up: at a fixed `rate` with the paced
+/// AF_XDP sender ([`super::pace`], `flows` flows), or at maximum (`None`)
+/// with trafgen and `cfg` (its fast TX_RING path, which has no rate
+/// limit to be bursty about).
+#[allow(clippy::too_many_arguments)]
 pub fn udp(
     gen: &Gen,
     cfg: &Path,
+    flows: u32,
     rate: Option<u64>,
     secs: Duration,
     meter_pid: Option<u32>,
@@ -155,33 +159,44 @@ pub fn udp(
     s: &mut Sample,
 ) -> Result<(), TrafficError> {
     let cfg = cfg.display().to_string();
-    let rate_arg = rate.map(|r| format!("{r}pps"));
-    let mut args = vec![
-        "taskset",
-        "-c",
-        &gen.cpus,
-        "trafgen",
-        "-i",
-        &cfg,
-        "-o",
-        DEV,
-        "-P",
-        "1",
-        "--no-sock-mem",
-        "-Q",
-        "-C",
-    ];
-    if let Some(r) = &rate_arg {
-        args.extend_from_slice(&["-b", r]);
-    }
+    let (rate_s, flows_s) = (rate.unwrap_or(0).to_string(), flows.to_string());
+    // Runs past the window; stopped with SIGINT once it is measured.
+    let millis = (gen.warmup + secs + Duration::from_secs(5))
+        .as_millis()
+        .to_string();
+    let mut args = vec!["taskset", "-c", &gen.cpus];
+    let what = match rate {
+        Some(_) => {
+            args.extend_from_slice(&[
+                &gen.exe, "pace", "--dev", DEV, "--rate", &rate_s, "--flows", &flows_s, "--millis",
+                &millis,
+            ]);
+            "ferrovs-bench pace"
+        }
+        None => {
+            args.extend_from_slice(&[
+                "trafgen",
+                "-i",
+                &cfg,
+                "-o",
+                DEV,
+                "-P",
+                "1",
+                "--no-sock-mem",
+                "-Q",
+                "-C",
+            ]);
+            "trafgen"
+        }
+    };
     let mut child = ChildGuard::spawn(Some(NS_SND), &args, None)?;
     if !sleep_unless_stopped(gen.warmup) {
         return Err(TrafficError::Interrupted);
     }
     if child.exited() {
         return Err(parse_err(
-            "trafgen",
-            "exited early (see: ip netns exec fb-snd trafgen ...)",
+            what,
+            format!("exited early (see: ip netns exec {NS_SND} {what} ...)"),
         ));
     }
     let m = Meter::start(meter_pid, tck)?;
