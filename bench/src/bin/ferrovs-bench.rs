@@ -84,6 +84,12 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// Discard sink for the UDP tests (runs in the receiver namespace).
+    #[command(hide = true)]
+    Sink {
+        #[arg(long)]
+        port: u16,
+    },
     /// Paced UDP sender for the fixed-rate tests (runs in the sender namespace).
     #[command(hide = true)]
     Pace {
@@ -125,6 +131,16 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("rr-client: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::Sink { port }) => {
+            let r = bench::harness::install_signal_flag().and_then(|()| traffic::sink(*port));
+            return match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sink: {e}");
                     ExitCode::FAILURE
                 }
             };

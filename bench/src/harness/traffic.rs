@@ -189,6 +189,12 @@ pub fn udp(
             "trafgen"
         }
     };
+    let port = super::gen::UDP_DPORT.to_string();
+    let _sink = ChildGuard::spawn(
+        Some(NS_RCV),
+        &["taskset", "-c", &gen.cpus, &gen.exe, "sink", "--port", &port],
+        None,
+    )?;
     let mut child = ChildGuard::spawn(Some(NS_SND), &args, None)?;
     if !sleep_unless_stopped(gen.warmup) {
         return Err(TrafficError::Interrupted);
@@ -205,6 +211,21 @@ pub fn udp(
     child.stop("INT", Duration::from_secs(2));
     if !ok {
         return Err(TrafficError::Interrupted);
+    }
+    Ok(())
+}
+
+/// The receiver of the UDP tests: a bound UDP socket on `port` (discard)
+/// that is never read, until SIGINT/SIGTERM. Frames are counted when
+/// they arrive on the receiver's interface; the socket only keeps the
+/// receiving stack from answering each one with an ICMP port
+/// unreachable (route lookups for every frame, on the switch's core,
+/// since veth delivers in the sender's context). Once its buffer is full
+/// the kernel drops at the socket, the cheapest place it can.
+pub fn sink(port: u16) -> std::io::Result<()> {
+    let _sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+    while !super::stopped() {
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
