@@ -192,7 +192,9 @@ pub fn udp(
     let port = super::gen::UDP_DPORT.to_string();
     let _sink = ChildGuard::spawn(
         Some(NS_RCV),
-        &["taskset", "-c", &gen.cpus, &gen.exe, "sink", "--port", &port],
+        &[
+            "taskset", "-c", &gen.cpus, &gen.exe, "sink", "--port", &port,
+        ],
         None,
     )?;
     let mut child = ChildGuard::spawn(Some(NS_SND), &args, None)?;
