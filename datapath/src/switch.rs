@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam::channel::{unbounded, Sender};
 use flows::action::PortNo;
@@ -81,6 +82,12 @@ pub struct SwitchConfig {
     pub cores: Vec<usize>,
     /// Connection-tracker limits and timeouts.
     pub conntrack: crate::conntrack::CtConfig,
+    /// Longest nap of a poll thread under light load (like OVS's
+    /// `pmd-maxsleep`): while its batches stay small, a poll thread sleeps
+    /// between polls, 1 µs longer each time up to this, and polls
+    /// without pause again as soon as a batch is half full. Zero (the
+    /// default) means busy polling: lowest latency, a whole core always.
+    pub max_sleep: Duration,
 }
 
 impl Default for SwitchConfig {
@@ -89,9 +96,13 @@ impl Default for SwitchConfig {
             threads: 1,
             cores: Vec::new(),
             conntrack: Default::default(),
+            max_sleep: DEFAULT_MAX_SLEEP,
         }
     }
 }
+
+/// Default [`SwitchConfig::max_sleep`].
+pub const DEFAULT_MAX_SLEEP: Duration = Duration::ZERO;
 
 /// The running switch.
 #[derive(Debug)]
@@ -115,13 +126,14 @@ impl Switch {
             let waker = Arc::new(mio::Waker::new(poll.registry(), crate::worker::WAKE_TOKEN)?);
             let core = cfg.cores.get(i).copied();
             let sh = shared.clone();
+            let max_sleep = cfg.max_sleep;
             let handle = std::thread::Builder::new()
                 .name(format!("ferrovs-poll{i}"))
                 .spawn(move || {
                     if let Some(c) = core {
                         crate::worker::pin_to_core(c);
                     }
-                    Worker::new(i, sh, rx).run(poll);
+                    Worker::new(i, sh, rx).with_max_sleep(max_sleep).run(poll);
                 })?;
             workers.push((tx, waker, handle));
         }

@@ -43,6 +43,13 @@ pub const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
 const IDLE_SPINS: u32 = 2000;
 /// Empty rounds between two yields of the CPU while spinning.
 const YIELD_EVERY: u32 = 8;
+/// Empty rounds, each after a nap, before a napping thread sleeps until
+/// a frame arrives.
+const IDLE_NAPS: u32 = 64;
+/// How much each nap grows while batches stay small.
+const NAP_STEP: Duration = Duration::from_micros(1);
+/// Timer slack of the poll threads, so their naps end on time.
+const NAP_SLACK_NS: u64 = 1_000;
 /// Longest sleep (also bounds how late timeouts are noticed).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Sleep when some port cannot be waited on (in-memory ports).
@@ -1242,6 +1249,7 @@ pub struct Worker {
     eng: Engine,
     scratch: Vec<u8>,
     cmds: Receiver<WorkerCmd>,
+    max_nap: Duration,
 }
 
 impl Worker {
@@ -1252,7 +1260,15 @@ impl Worker {
             eng: Engine::new(id, shared),
             scratch: vec![0; MAX_FRAME + 2 * HEADROOM],
             cmds,
+            max_nap: Duration::ZERO,
         }
+    }
+
+    /// Naps between polls under light load, up to `max` (zero: busy
+    /// polling); see [`crate::switch::SwitchConfig::max_sleep`].
+    pub fn with_max_sleep(mut self, max: Duration) -> Self {
+        self.max_nap = max;
+        self
     }
 
     fn handle_cmds(&mut self) -> bool {
@@ -1315,25 +1331,51 @@ impl Worker {
     pub fn run(mut self, mut poll: mio::Poll) {
         let mut events = mio::Events::with_capacity(64);
         let mut idle = 0u32;
+        let mut nap = Duration::ZERO;
+        if !self.max_nap.is_zero() {
+            crate::xsk::set_current_thread_timer_slack(NAP_SLACK_NS);
+        }
         loop {
             if !self.handle_cmds() || self.eng.shared.stop.load(Ordering::Relaxed) {
                 break;
             }
-            if self.poll_once() > 0 {
+            let n = self.poll_once();
+            if n > 0 {
                 idle = 0;
-                continue;
+            } else {
+                idle += 1;
             }
-            idle += 1;
-            if idle < IDLE_SPINS {
-                // On a small node the poll core is shared with the pods'
-                // own work: give it up now and then while nothing arrives
-                // (a yield with nothing else runnable returns at once).
-                if idle.is_multiple_of(YIELD_EVERY) {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
+            if !self.max_nap.is_zero() {
+                // Load-based naps: a half-full batch means the load is
+                // real, so poll again at once; small batches let the
+                // thread sleep a little longer each round while the
+                // rings collect the frames. (Waking on each frame
+                // instead saved no CPU and, on a VM whose idle vCPU must
+                // be rescheduled, cost as much latency.)
+                if n >= BATCH / 2 {
+                    nap = Duration::ZERO;
+                    continue;
                 }
-                continue;
+                if idle < IDLE_NAPS {
+                    nap = (nap + NAP_STEP).min(self.max_nap);
+                    std::thread::sleep(nap);
+                    continue;
+                }
+            } else {
+                if n > 0 {
+                    continue;
+                }
+                if idle < IDLE_SPINS {
+                    // On a small node the poll core is shared with the pods'
+                    // own work: give it up now and then while nothing arrives
+                    // (a yield with nothing else runnable returns at once).
+                    if idle.is_multiple_of(YIELD_EVERY) {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                    continue;
+                }
             }
             let all_waitable = self.rx.iter().all(|r| r.rx.wait_fd().is_some());
             let timeout = if all_waitable { MAX_SLEEP } else { POLL_SLEEP };
@@ -1347,7 +1389,13 @@ impl Worker {
             // core at full rate on each side. Registering checks
             // readiness, so frames that arrived just before are not missed.
             self.sleep(&mut poll, &mut events, timeout);
-            idle = IDLE_SPINS / 2;
+            idle = if self.max_nap.is_zero() {
+                IDLE_SPINS / 2
+            } else {
+                0
+            };
+            // Woken by a frame: back to light-load naps from the start.
+            nap = Duration::ZERO;
         }
         // Drop receive halves before the transmit halves go away.
         self.rx.clear();

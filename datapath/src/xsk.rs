@@ -436,6 +436,17 @@ pub fn pin_current_thread(core: usize) {
     }
 }
 
+/// Sets the calling thread's timer slack (how late the kernel may end its
+/// sleeps, 50 µs by default) to `ns` nanoseconds, so the poll threads'
+/// short naps end on time. Best effort.
+pub fn set_current_thread_timer_slack(ns: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and changes
+    // only the calling thread's timer slack; no memory is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0);
+    }
+}
+
 /// Raises RLIMIT_MEMLOCK so older kernels can pin the UMEM. Failure is not
 /// fatal: kernels since 5.11 account the memory to the cgroup instead.
 fn raise_memlock() {

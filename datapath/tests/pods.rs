@@ -140,6 +140,25 @@ fn transfer(
 }
 
 #[test]
+fn tcp_through_a_napping_poll_thread() {
+    // poll_max_sleep_us: the poll thread naps between small batches.
+    let sw = Switch::start(&SwitchConfig {
+        max_sleep: std::time::Duration::from_micros(50),
+        ..SwitchConfig::default()
+    })
+    .unwrap();
+    let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
+    let mut p2 = SimPod::attach(&sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
+    add(&sw, &["actions=normal"]);
+    let server = p2.tcp_listen(80);
+    let client = p1.tcp_connect(p2.ip, 80, 40000);
+    establish(&mut p1, client, &mut p2, server);
+    let data = payload(64 * 1024, 3);
+    let got = transfer(&mut p1, client, &mut p2, server, &data);
+    assert!(got == data, "64 KB intact through a napping poll thread");
+}
+
+#[test]
 fn tcp_handshake_and_data_through_normal() {
     let sw = start();
     let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);

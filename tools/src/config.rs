@@ -4,6 +4,7 @@
 //! bridge = "br0"
 //! threads = 1            # poll threads
 //! cores = [1]            # optional CPU pinning, one entry per thread
+//! poll_max_sleep_us = 50 # optional naps under light load (default 0: busy polling)
 //! socket = "/run/ferrovs/br0.sock"
 //! metrics = "127.0.0.1:9477"   # optional Prometheus endpoint
 //! flows = "/etc/ferrovs/flows.txt"  # optional, installed at start
@@ -87,6 +88,7 @@ struct RawConfig {
     bridge: Option<String>,
     threads: Option<usize>,
     cores: Option<Vec<usize>>,
+    poll_max_sleep_us: Option<u64>,
     socket: Option<PathBuf>,
     metrics: Option<String>,
     flows: Option<PathBuf>,
@@ -174,6 +176,8 @@ pub struct Config {
     pub threads: usize,
     /// CPU pinning.
     pub cores: Vec<usize>,
+    /// Longest nap of a poll thread under light load (0: busy polling).
+    pub poll_max_sleep: std::time::Duration,
     /// Management socket.
     pub socket: PathBuf,
     /// Prometheus endpoint.
@@ -228,6 +232,17 @@ impl Config {
                 msg: format!("CPU {c} does not exist (this machine has {ncpu})"),
             });
         }
+        let poll_max_sleep = match raw.poll_max_sleep_us {
+            None => datapath::switch::DEFAULT_MAX_SLEEP,
+            Some(us) if us <= 10_000 => std::time::Duration::from_micros(us),
+            Some(us) => {
+                return Err(ConfigError::Field {
+                    path: path.into(),
+                    field: "poll_max_sleep_us",
+                    msg: format!("{us} is above 10000 (10 ms)"),
+                })
+            }
+        };
         let metrics = match raw.metrics {
             None => None,
             Some(m) => Some(m.parse().map_err(|_| ConfigError::Field {
@@ -293,6 +308,7 @@ impl Config {
             conntrack,
             threads,
             cores,
+            poll_max_sleep,
             socket,
             metrics,
             flows: raw.flows,
@@ -510,6 +526,19 @@ key = 5000
         assert!(
             e.to_string().contains("field ofport: 1 is already used"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn poll_max_sleep() {
+        let c = Config::parse("poll_max_sleep_us = 50\n", "n.toml").unwrap();
+        assert_eq!(c.poll_max_sleep, std::time::Duration::from_micros(50));
+        let c = Config::parse("", "n.toml").unwrap();
+        assert!(c.poll_max_sleep.is_zero(), "busy polling by default");
+        let e = Config::parse("poll_max_sleep_us = 20000\n", "n.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "n.toml: field poll_max_sleep_us: 20000 is above 10000 (10 ms)"
         );
     }
 

@@ -61,6 +61,9 @@ struct Args {
     /// Core for the ferrovs poll thread and the OVS PMD; generators run on the others.
     #[arg(long, default_value_t = 1)]
     core: usize,
+    /// ferrovsd's `poll_max_sleep_us`: 0 (its default) busy-polls; e.g. 50 lets the poll thread nap under light load (less CPU, more latency)
+    #[arg(long, default_value_t = 0)]
+    ferrovs_poll_max_sleep_us: u64,
     /// Output directory (default bench/results/ferrovs-bench-<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -350,6 +353,7 @@ fn run(mut args: Args) -> Result<(), String> {
             .unwrap_or_else(|| exe.with_file_name("ferrovsd")),
         core: args.core,
         work: work.clone(),
+        ferrovs_max_sleep_us: args.ferrovs_poll_max_sleep_us,
     };
     let mut systems_list = Vec::new();
     for name in &args.systems {

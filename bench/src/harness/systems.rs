@@ -53,6 +53,8 @@ pub struct Env {
     pub core: usize,
     /// Scratch directory.
     pub work: PathBuf,
+    /// ferrovsd's `poll_max_sleep_us` (0: busy polling, its default).
+    pub ferrovs_max_sleep_us: u64,
 }
 
 /// Why `sys` cannot run here, if it cannot.
@@ -178,9 +180,10 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
             write(
                 &cfg,
                 &format!(
-                    "bridge = \"{BRIDGE}\"\nthreads = 1\ncores = [{}]\nsocket = \"{}\"\nflows = \"{}\"\n\n\
+                    "bridge = \"{BRIDGE}\"\nthreads = 1\ncores = [{}]\npoll_max_sleep_us = {}\nsocket = \"{}\"\nflows = \"{}\"\n\n\
                      [[port]]\nname = \"{LINK_A}\"\nofport = 1\n\n[[port]]\nname = \"{LINK_B}\"\nofport = 2\n",
                     env.core,
+                    env.ferrovs_max_sleep_us,
                     env.work.join("ferrovs.sock").display(),
                     rules_path.display()
                 ),

@@ -139,6 +139,7 @@ fn run() -> anyhow::Result<()> {
         threads: cfg.threads,
         cores: cfg.cores.clone(),
         conntrack: cfg.conntrack,
+        max_sleep: cfg.poll_max_sleep,
     })?;
     let mut daemon = Daemon::new(
         switch,
