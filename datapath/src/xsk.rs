@@ -147,6 +147,20 @@ struct Counters {
     tx_dropped: AtomicU64,
 }
 
+impl Counters {
+    /// The userspace counters (kernel statistics left at 0).
+    fn snapshot(&self) -> PortCounters {
+        PortCounters {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            tx_dropped: self.tx_dropped.load(Ordering::Relaxed),
+            ..PortCounters::default()
+        }
+    }
+}
+
 /// Interfaces with open ports: (ifindex, xdp mode flags, open ports, whether
 /// ferrovs attached the XDP program and must remove it).
 static ATTACHED: Mutex<Vec<Attachment>> = Mutex::new(Vec::new());
@@ -271,26 +285,22 @@ impl Shared {
         (r == 0).then_some(st)
     }
 
+    /// The socket's kernel statistics in the port's terms.
+    fn kernel_port_stats(&self) -> Option<KernelPortStats> {
+        self.kernel_stats().map(|st| KernelPortStats {
+            rx_ring_full: st.rx_ring_full,
+            rx_fill_empty: st.rx_fill_ring_empty_descs,
+            rx_dropped: st.rx_dropped,
+            invalid_descs: st.rx_invalid_descs + st.tx_invalid_descs,
+            tx_ring_empty: st.tx_ring_empty_descs,
+        })
+    }
+
     fn counters(&self) -> PortCounters {
-        let c = &self.counters;
-        let mut out = PortCounters {
-            rx_packets: c.rx_packets.load(Ordering::Relaxed),
-            rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
-            tx_packets: c.tx_packets.load(Ordering::Relaxed),
-            tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
-            tx_dropped: c.tx_dropped.load(Ordering::Relaxed),
-            ..PortCounters::default()
-        };
-        if let Some(st) = self.kernel_stats() {
-            out.kernel = KernelPortStats {
-                rx_ring_full: st.rx_ring_full,
-                rx_fill_empty: st.rx_fill_ring_empty_descs,
-                rx_dropped: st.rx_dropped,
-                invalid_descs: st.rx_invalid_descs + st.tx_invalid_descs,
-                tx_ring_empty: st.tx_ring_empty_descs,
-            };
+        PortCounters {
+            kernel: self.kernel_port_stats().unwrap_or_default(),
+            ..self.counters.snapshot()
         }
-        out
     }
 }
 
@@ -605,24 +615,14 @@ impl XskStats {
     pub fn get(&self) -> PortCounters {
         match self.shared.upgrade() {
             Some(s) => s.counters(),
-            None => {
-                let c = &self.counters;
-                PortCounters {
-                    rx_packets: c.rx_packets.load(Ordering::Relaxed),
-                    rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
-                    tx_packets: c.tx_packets.load(Ordering::Relaxed),
-                    tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
-                    tx_dropped: c.tx_dropped.load(Ordering::Relaxed),
-                    ..PortCounters::default()
-                }
-            }
+            None => self.counters.snapshot(),
         }
     }
 }
 
 impl KernelStats for XskStats {
     fn read(&self) -> Option<KernelPortStats> {
-        self.shared.upgrade().map(|s| s.counters().kernel)
+        self.shared.upgrade().and_then(|s| s.kernel_port_stats())
     }
 }
 

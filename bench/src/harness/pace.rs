@@ -143,9 +143,9 @@ pub fn run(
         }
         let (n, _) = tx.send_batch(&batch);
         tx.flush();
-        ring_full += due - n as u64;
         // Refused frames stay due; rewind the flow cursor over them.
         let refused = batch.len() - n;
+        ring_full += refused as u64;
         next_flow = (next_flow + frames.len() - refused % frames.len()) % frames.len();
         pacer.sent(n as u64);
     }
