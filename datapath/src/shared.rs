@@ -188,6 +188,13 @@ pub struct ThreadStats {
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Poll rounds that went to sleep (idle back-off).
     pub sleeps: AtomicU64,
+    /// Nanoseconds in poll rounds that moved frames (OVS: processing
+    /// cycles). Written only by the owning thread.
+    pub busy_ns: AtomicU64,
+    /// Nanoseconds in empty poll rounds and spinning (OVS: idle cycles).
+    pub idle_ns: AtomicU64,
+    /// Nanoseconds asleep: naps and waits for frames.
+    pub asleep_ns: AtomicU64,
 }
 
 /// State shared by the management side and every poll thread.

@@ -69,6 +69,12 @@ pub struct SwitchStats {
     pub drops: Vec<(&'static str, u64)>,
     /// Idle sleeps.
     pub sleeps: u64,
+    /// Nanoseconds the poll threads spent in rounds that moved frames.
+    pub busy_ns: u64,
+    /// Nanoseconds in empty rounds and spinning.
+    pub idle_ns: u64,
+    /// Nanoseconds asleep (naps, waits for frames).
+    pub asleep_ns: u64,
     /// Tracked connections.
     pub conntrack: usize,
 }
@@ -439,6 +445,9 @@ impl Switch {
             s.replies_sent += r(&t.replies_sent);
             s.packets += r(&t.packets);
             s.sleeps += r(&t.sleeps);
+            s.busy_ns += r(&t.busy_ns);
+            s.idle_ns += r(&t.idle_ns);
+            s.asleep_ns += r(&t.asleep_ns);
             for (i, d) in t.drops.iter().enumerate() {
                 drops[i] += r(d);
             }

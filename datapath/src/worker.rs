@@ -15,7 +15,7 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use flows::action::PortNo;
@@ -33,7 +33,8 @@ use crate::packet;
 use crate::port::{PortRx, MAX_FRAME};
 use crate::reply;
 use crate::shared::{
-    learned_generation, lock, PortRole, PortState, PortTable, Shared, VxlanConfig, BATCH,
+    learned_generation, lock, PortRole, PortState, PortTable, Shared, ThreadStats, VxlanConfig,
+    BATCH,
 };
 use crate::tunnel;
 
@@ -1242,6 +1243,50 @@ fn ct_input(
     })
 }
 
+/// Where a poll thread's time goes, as OVS splits a PMD's cycles: rounds
+/// that moved frames (busy), empty rounds and spinning (idle), naps and
+/// waits (asleep). One clock read per round; the totals are published
+/// with plain stores (the thread is their only writer).
+struct PollClock {
+    mark: Instant,
+    busy: u64,
+    idle: u64,
+    asleep: u64,
+}
+
+/// Where a stretch of time is counted.
+#[derive(Clone, Copy)]
+enum Spent {
+    Busy,
+    Idle,
+    Asleep,
+}
+
+impl PollClock {
+    fn new(stats: &ThreadStats) -> Self {
+        PollClock {
+            mark: Instant::now(),
+            busy: stats.busy_ns.load(Ordering::Relaxed),
+            idle: stats.idle_ns.load(Ordering::Relaxed),
+            asleep: stats.asleep_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts the time since the last call as `spent`.
+    fn lap(&mut self, spent: Spent, stats: &ThreadStats) {
+        let now = Instant::now();
+        let dt = u64::try_from(now.duration_since(self.mark).as_nanos()).unwrap_or(u64::MAX);
+        self.mark = now;
+        let (total, cell) = match spent {
+            Spent::Busy => (&mut self.busy, &stats.busy_ns),
+            Spent::Idle => (&mut self.idle, &stats.idle_ns),
+            Spent::Asleep => (&mut self.asleep, &stats.asleep_ns),
+        };
+        *total = total.saturating_add(dt);
+        cell.store(*total, Ordering::Relaxed);
+    }
+}
+
 /// The poll thread proper.
 #[allow(missing_debug_implementations)]
 pub struct Worker {
@@ -1335,15 +1380,20 @@ impl Worker {
         if !self.max_nap.is_zero() {
             crate::xsk::set_current_thread_timer_slack(NAP_SLACK_NS);
         }
+        let shared = Arc::clone(&self.eng.shared);
+        let stats = &shared.threads[self.eng.id];
+        let mut clock = PollClock::new(stats);
         loop {
-            if !self.handle_cmds() || self.eng.shared.stop.load(Ordering::Relaxed) {
+            if !self.handle_cmds() || shared.stop.load(Ordering::Relaxed) {
                 break;
             }
             let n = self.poll_once();
             if n > 0 {
                 idle = 0;
+                clock.lap(Spent::Busy, stats);
             } else {
                 idle += 1;
+                clock.lap(Spent::Idle, stats);
             }
             if !self.max_nap.is_zero() {
                 // Load-based naps: a half-full batch means the load is
@@ -1359,6 +1409,7 @@ impl Worker {
                 if idle < IDLE_NAPS {
                     nap = (nap + NAP_STEP).min(self.max_nap);
                     std::thread::sleep(nap);
+                    clock.lap(Spent::Asleep, stats);
                     continue;
                 }
             } else {
@@ -1371,6 +1422,7 @@ impl Worker {
                     // (a yield with nothing else runnable returns at once).
                     if idle.is_multiple_of(YIELD_EVERY) {
                         std::thread::yield_now();
+                        clock.lap(Spent::Idle, stats);
                     } else {
                         std::hint::spin_loop();
                     }
@@ -1379,9 +1431,7 @@ impl Worker {
             }
             let all_waitable = self.rx.iter().all(|r| r.rx.wait_fd().is_some());
             let timeout = if all_waitable { MAX_SLEEP } else { POLL_SLEEP };
-            self.eng.shared.threads[self.eng.id]
-                .sleeps
-                .fetch_add(1, Ordering::Relaxed);
+            stats.sleeps.fetch_add(1, Ordering::Relaxed);
             // The sockets are in the epoll set only while the thread
             // sleeps. A registered socket makes the kernel run the epoll
             // callback on every receive flush and every transmit
@@ -1389,6 +1439,7 @@ impl Worker {
             // core at full rate on each side. Registering checks
             // readiness, so frames that arrived just before are not missed.
             self.sleep(&mut poll, &mut events, timeout);
+            clock.lap(Spent::Asleep, stats);
             idle = if self.max_nap.is_zero() {
                 IDLE_SPINS / 2
             } else {

@@ -76,6 +76,35 @@ fn output_and_counters() {
     assert_eq!(e, 10);
 }
 
+/// Poll time is split into busy, idle and asleep (`ferrovs-ctl stats`,
+/// the `ferrovs_poll_seconds` metric), adding up to at most the wall time.
+#[test]
+fn poll_time_split_busy_idle_asleep() {
+    let t0 = std::time::Instant::now();
+    let sw = Switch::start(&SwitchConfig::default()).unwrap();
+    let (a, b) = (MemPort::new("a"), MemPort::new("b"));
+    let (ai, bs) = (a.inject.clone(), b.sent.clone());
+    sw.add_port(1, Box::new(a), VlanMode::Trunk).unwrap();
+    sw.add_port(2, Box::new(b), VlanMode::Trunk).unwrap();
+    add(&sw, &["in_port=1 actions=output:2"]);
+    let f = frame([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], None);
+    for _ in 0..100 {
+        ai.lock().unwrap().push_back(f.clone());
+    }
+    assert_eq!(wait_for(&bs, 100).len(), 100);
+    // Long enough to spin out and sleep (in-memory ports: 1 ms naps).
+    std::thread::sleep(Duration::from_millis(200));
+    let st = sw.stats();
+    let wall = u64::try_from(t0.elapsed().as_nanos()).unwrap();
+    assert!(st.busy_ns > 0, "{st:?}");
+    assert!(st.idle_ns > 0, "{st:?}");
+    assert!(st.asleep_ns > 0, "{st:?}");
+    assert!(
+        st.busy_ns + st.idle_ns + st.asleep_ns <= wall,
+        "{st:?} > {wall}"
+    );
+}
+
 #[test]
 fn flow_change_takes_effect_without_flush() {
     let sw = Switch::start(&SwitchConfig::default()).unwrap();

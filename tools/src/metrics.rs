@@ -37,6 +37,21 @@ fn counter_family(
     Ok(())
 }
 
+fn seconds_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, f64)],
+) -> Result<(), std::fmt::Error> {
+    let probe = ConstCounter::new(0f64);
+    let mut fam = enc.encode_descriptor(name, help, None, probe.metric_type())?;
+    for (labels, v) in rows {
+        let c = ConstCounter::new(*v);
+        c.encode(fam.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for SwitchCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let sh = &self.shared;
@@ -138,6 +153,26 @@ impl Collector for SwitchCollector {
             "Packets dropped, by reason",
             &drops,
         )?;
+        let mut poll = Vec::with_capacity(3 * sh.threads.len());
+        for (i, t) in sh.threads.iter().enumerate() {
+            for (state, cell) in [
+                ("busy", &t.busy_ns),
+                ("idle", &t.idle_ns),
+                ("asleep", &t.asleep_ns),
+            ] {
+                let labels = vec![
+                    ("thread".to_string(), i.to_string()),
+                    ("state".to_string(), state.to_string()),
+                ];
+                poll.push((labels, cell.load(Ordering::Relaxed) as f64 / 1e9));
+            }
+        }
+        seconds_family(
+            &mut enc,
+            "ferrovs_poll_seconds",
+            "Poll thread time: busy (rounds that moved frames), idle (empty rounds, spinning), asleep",
+            &poll,
+        )?;
         let p = sh.pipeline.load_full();
         let g = ConstGauge::new(p.n_flows() as i64);
         g.encode(enc.encode_descriptor(
@@ -177,4 +212,41 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
             }
         })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datapath::conntrack::CtConfig;
+
+    #[test]
+    fn poll_seconds_per_thread_and_state() {
+        let shared = Arc::new(Shared::new(2, CtConfig::default()));
+        shared.threads[1]
+            .busy_ns
+            .store(1_500_000_000, Ordering::Relaxed);
+        shared.threads[1]
+            .asleep_ns
+            .store(250_000_000, Ordering::Relaxed);
+        let mut reg = Registry::default();
+        reg.register_collector(Box::new(SwitchCollector { shared }));
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &reg).expect("encode");
+        assert!(
+            body.contains("# TYPE ferrovs_poll_seconds counter"),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"ferrovs_poll_seconds_total{thread="1",state="busy"} 1.5"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"ferrovs_poll_seconds_total{thread="1",state="asleep"} 0.25"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"ferrovs_poll_seconds_total{thread="0",state="idle"} 0.0"#),
+            "{body}"
+        );
+    }
 }

@@ -655,16 +655,59 @@ impl Daemon {
     }
 
     fn stats_text(&self) -> String {
-        let s = self.switch.stats();
-        let mut out = format!(
-            "packets: {}\nflow cache: hits={} misses={}\nupcalls: {}\ncontroller punts: {}\nreplies sent: {}\nidle sleeps: {}\nconntrack entries: {}\ndrops:\n",
-            s.packets, s.emc_hits, s.emc_misses, s.upcalls, s.controller, s.replies_sent, s.sleeps, s.conntrack
-        );
-        for (name, n) in s.drops {
-            out.push_str(&format!("  {name}: {n}\n"));
-        }
-        out
+        format_stats(&self.switch.stats())
     }
+}
+
+/// Sends one request to ferrovsd's management socket and reads the answer
+/// (the client side of `ferrovs-ctl`).
+pub fn call(socket: &std::path::Path, req: &Request) -> std::io::Result<Response> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let text = serde_json::to_string(req).map_err(std::io::Error::other)?;
+    writeln!(s, "{text}")?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+/// The `stats` reply. Poll time is split as OVS's `pmd-stats-show` splits
+/// a PMD's cycles: busy (rounds that moved frames), idle (empty rounds,
+/// spinning), and asleep (naps, waits for frames); the busy share is of
+/// busy + idle.
+pub fn format_stats(s: &datapath::switch::SwitchStats) -> String {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let polling = s.busy_ns.saturating_add(s.idle_ns);
+    let share = if polling == 0 {
+        0.0
+    } else {
+        s.busy_ns as f64 * 100.0 / polling as f64
+    };
+    let per_packet = s
+        .busy_ns
+        .checked_div(s.packets)
+        .map_or_else(|| "-".to_string(), |ns| format!("{ns} ns"));
+    let mut out = format!(
+        "packets: {}\nflow cache: hits={} misses={}\nupcalls: {}\ncontroller punts: {}\nreplies sent: {}\nidle sleeps: {}\n\
+         poll time: busy={:.3} s ({share:.1}%), idle={:.3} s, asleep={:.3} s\nbusy time per packet: {per_packet}\n\
+         conntrack entries: {}\ndrops:\n",
+        s.packets,
+        s.emc_hits,
+        s.emc_misses,
+        s.upcalls,
+        s.controller,
+        s.replies_sent,
+        s.sleeps,
+        secs(s.busy_ns),
+        secs(s.idle_ns),
+        secs(s.asleep_ns),
+        s.conntrack
+    );
+    for (name, n) in &s.drops {
+        out.push_str(&format!("  {name}: {n}\n"));
+    }
+    out
 }
 
 /// Reads the MAC address of a local interface.
@@ -681,4 +724,33 @@ pub fn interface_mac(ifname: &str) -> Result<[u8; 6], String> {
         mac[i] = u8::from_str_radix(p, 16).map_err(|_| format!("{path}: bad MAC"))?;
     }
     Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datapath::switch::SwitchStats;
+
+    #[test]
+    fn stats_split_poll_time_like_pmd_stats() {
+        let s = SwitchStats {
+            packets: 1_000_000,
+            busy_ns: 990_000_000,
+            idle_ns: 10_000_000,
+            asleep_ns: 2_500_000_000,
+            drops: vec![("no_port", 3)],
+            ..SwitchStats::default()
+        };
+        let text = format_stats(&s);
+        assert!(
+            text.contains("poll time: busy=0.990 s (99.0%), idle=0.010 s, asleep=2.500 s\n"),
+            "{text}"
+        );
+        assert!(text.contains("busy time per packet: 990 ns\n"), "{text}");
+        assert!(text.ends_with("drops:\n  no_port: 3\n"), "{text}");
+        // Nothing polled yet: no division by zero.
+        let idle = format_stats(&SwitchStats::default());
+        assert!(idle.contains("busy=0.000 s (0.0%)"), "{idle}");
+        assert!(idle.contains("busy time per packet: -\n"), "{idle}");
+    }
 }

@@ -2,13 +2,10 @@
 //! client: it sends the command to `ferrovsd` over the management socket
 //! and prints the answer; all parsing happens in the daemon.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
-use tools::mgmt::{Request, Response, COMMANDS};
+use tools::mgmt::{call, Request, COMMANDS};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,14 +76,4 @@ fn main() {
             std::process::exit(1);
         }
     }
-}
-
-fn call(socket: &PathBuf, req: &Request) -> std::io::Result<Response> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let text = serde_json::to_string(req).map_err(std::io::Error::other)?;
-    writeln!(s, "{text}")?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(std::io::Error::other)
 }
