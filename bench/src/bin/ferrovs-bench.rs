@@ -61,9 +61,9 @@ struct Args {
     /// Core for the ferrovs poll thread and the OVS PMD; generators run on the others.
     #[arg(long, default_value_t = 1)]
     core: usize,
-    /// ferrovsd's `poll_max_sleep_us`: 0 (its default) busy-polls; e.g. 50 lets the poll thread nap under light load (less CPU, more latency)
-    #[arg(long, default_value_t = 0)]
-    ferrovs_poll_max_sleep_us: u64,
+    /// Longest nap of the poll thread under light load, in µs, for both switches: ferrovsd's `poll_max_sleep_us` and OVS's `other_config:pmd-maxsleep`. 0 (both defaults) busy-polls; e.g. 50: less CPU at light load, more latency
+    #[arg(long, alias = "ferrovs-poll-max-sleep-us", default_value_t = 0)]
+    poll_max_sleep_us: u64,
     /// Output directory (default bench/results/ferrovs-bench-<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -353,7 +353,7 @@ fn run(mut args: Args) -> Result<(), String> {
             .unwrap_or_else(|| exe.with_file_name("ferrovsd")),
         core: args.core,
         work: work.clone(),
-        ferrovs_max_sleep_us: args.ferrovs_poll_max_sleep_us,
+        poll_max_sleep_us: args.poll_max_sleep_us,
     };
     let mut systems_list = Vec::new();
     for name in &args.systems {
@@ -426,14 +426,22 @@ fn run(mut args: Args) -> Result<(), String> {
     let total = plan.len() * tests.len();
     let header = format!(
         "Machine: {}.\nCommand: `ferrovs-bench {}`; {} s per UDP/TCP test (after {} ms warm-up), {} s per latency test; \
-         switch poll core {}, generators on CPU {}.",
+         switch poll core {}, generators on CPU {}; {}.",
         machine(),
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         args.secs,
         gen_cfg.warmup.as_millis(),
         args.latency_secs,
         args.core,
-        gen_cfg.cpus
+        gen_cfg.cpus,
+        if args.poll_max_sleep_us == 0 {
+            "both switches busy-poll".to_string()
+        } else {
+            format!(
+                "poll threads nap up to {} µs under light load (ferrovs poll_max_sleep_us, OVS pmd-maxsleep)",
+                args.poll_max_sleep_us
+            )
+        }
     );
     eprintln!(
         "ferrovs-bench: {} sessions x {} tests = {total} measurements -> {}",
@@ -445,7 +453,7 @@ fn run(mut args: Args) -> Result<(), String> {
     let tck = traffic::clk_tck();
     let _ns = Namespaces::create().map_err(|e| e.to_string())?;
     let _ovs = if systems_list.contains(&System::Ovs) {
-        match OvsDaemon::start(args.core) {
+        match OvsDaemon::start(args.core, args.poll_max_sleep_us) {
             Ok(d) => Some(d),
             Err(e) => {
                 eprintln!("ferrovs-bench: skipping ovs: {e}");
@@ -481,7 +489,7 @@ fn run(mut args: Args) -> Result<(), String> {
             let result = match &running {
                 Err(e) => Err(e.to_string()),
                 Ok(r) => {
-                    let pid = r.pid();
+                    let probe = r.probe(&env);
                     let secs = Duration::from_secs(args.secs);
                     match t.kind {
                         Kind::Udp(rate) => {
@@ -490,14 +498,25 @@ fn run(mut args: Args) -> Result<(), String> {
                                 .find(|(f, _)| *f == t.flows)
                                 .map(|(_, p)| p.clone())
                                 .unwrap_or_default();
-                            traffic::udp(&gen_cfg, &cfg, t.flows, rate, secs, pid, tck, &mut sample)
+                            traffic::udp(
+                                &gen_cfg,
+                                &cfg,
+                                t.flows,
+                                rate,
+                                secs,
+                                &probe,
+                                tck,
+                                &mut sample,
+                            )
                         }
-                        Kind::Tcp => traffic::tcp(&gen_cfg, t.flows, secs, pid, tck, &mut sample),
+                        Kind::Tcp => {
+                            traffic::tcp(&gen_cfg, t.flows, secs, &probe, tck, &mut sample)
+                        }
                         Kind::Latency => traffic::latency(
                             &gen_cfg,
                             t.flows,
                             Duration::from_secs(args.latency_secs),
-                            pid,
+                            &probe,
                             tck,
                             &mut sample,
                         ),

@@ -183,6 +183,10 @@ pub struct Sample {
     pub p99_us: Option<f64>,
     /// Switch process CPU seconds (utime+stime, all threads); `None` for the bridge.
     pub cpu_s: Option<f64>,
+    /// Poll thread (PMD) busy seconds: time in rounds that moved packets,
+    /// as the switch itself counts it (ferrovs `stats`, OVS
+    /// `pmd-perf-show`); `None` for the bridge or when unavailable.
+    pub busy_s: Option<f64>,
     /// Softirq seconds over all CPUs (from /proc/stat) during the measurement.
     pub softirq_s: f64,
     /// Why the measurement failed, if it did.
@@ -212,6 +216,14 @@ impl Sample {
             _ => self.cpu_s,
         }?;
         Some(cpu / (self.switched as f64 / 1e6))
+    }
+
+    /// Poll-thread busy seconds per million switched packets.
+    pub fn busy_per_mpkt(&self) -> Option<f64> {
+        if self.switched == 0 || self.error.is_some() {
+            return None;
+        }
+        Some(self.busy_s? / (self.switched as f64 / 1e6))
     }
 }
 

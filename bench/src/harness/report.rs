@@ -49,6 +49,8 @@ pub struct Summary {
     pub p99_us: Option<f64>,
     /// CPU s per million switched packets (softirq for the bridge).
     pub cpu_per_mpkt: Option<f64>,
+    /// Poll-thread busy s per million switched packets.
+    pub busy_per_mpkt: Option<f64>,
 }
 
 fn med_of(v: &[&Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
@@ -81,6 +83,7 @@ pub fn summarize(samples: &[Sample]) -> BTreeMap<(Test, System), Summary> {
                 p50_us: med_of(&ok, |s| s.p50_us),
                 p99_us: med_of(&ok, |s| s.p99_us),
                 cpu_per_mpkt: med_of(&ok, Sample::cpu_per_mpkt),
+                busy_per_mpkt: med_of(&ok, Sample::busy_per_mpkt),
             };
             (k, sum)
         })
@@ -128,7 +131,7 @@ fn csv_num(v: Option<f64>, prec: usize) -> String {
 /// Every sample as CSV with a header line.
 pub fn csv(samples: &[Sample]) -> String {
     let mut out = String::from(
-        "round,system,test,rate,flows,rules,secs,sent,received,switched,pps,loss_pct,gbps,rtts,p50_us,p99_us,switch_cpu_s,softirq_s,cpu_s_per_mpkt,error\n",
+        "round,system,test,rate,flows,rules,secs,sent,received,switched,pps,loss_pct,gbps,rtts,p50_us,p99_us,switch_cpu_s,softirq_s,cpu_s_per_mpkt,busy_s,busy_s_per_mpkt,error\n",
     );
     for s in samples {
         let (kind, rate, flows, rules) = match s.test {
@@ -147,7 +150,7 @@ pub fn csv(samples: &[Sample]) -> String {
             .replace([',', '\n', '"'], " ");
         let _ = writeln!(
             out,
-            "{},{},{kind},{rate},{flows},{rules},{:.3},{},{},{},{},{},{},{},{},{},{},{:.3},{},{err}",
+            "{},{},{kind},{rate},{flows},{rules},{:.3},{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{err}",
             s.round,
             s.system.map_or("", System::name),
             s.secs,
@@ -163,6 +166,8 @@ pub fn csv(samples: &[Sample]) -> String {
             csv_num(s.cpu_s, 3),
             s.softirq_s,
             csv_num(s.cpu_per_mpkt(), 3),
+            csv_num(s.busy_s, 4),
+            csv_num(s.busy_per_mpkt(), 3),
         );
     }
     out
@@ -192,14 +197,22 @@ fn parse_rate(s: &str) -> Option<Option<u64>> {
 }
 
 /// Reads back what [`csv`] wrote (to re-render a report from a run).
+/// Files of earlier versions, without the two busy-time columns, are read
+/// too.
 pub fn parse_csv(text: &str) -> Result<Vec<Sample>, CsvError> {
     let mut out = Vec::new();
+    // 22 columns; 20 before busy_s and busy_s_per_mpkt were added.
+    let cols = match text.lines().next().map(|h| h.split(',').count()) {
+        Some(20) => 20,
+        _ => 22,
+    };
+    let err_col = cols - 1;
     for (i, l) in text.lines().enumerate().skip(1) {
         let line = i + 1;
         let err = |what: String| CsvError { line, what };
-        let f: Vec<&str> = l.splitn(20, ',').collect();
-        if f.len() != 20 {
-            return Err(err(format!("{} columns, expected 20", f.len())));
+        let f: Vec<&str> = l.splitn(cols, ',').collect();
+        if f.len() != cols {
+            return Err(err(format!("{} columns, expected {cols}", f.len())));
         }
         let num = |idx: usize| -> Result<u64, CsvError> {
             f[idx]
@@ -251,7 +264,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<Sample>, CsvError> {
             p99_us: opt(15)?,
             cpu_s: opt(16)?,
             softirq_s: opt(17)?.unwrap_or(0.0),
-            error: (!f[19].is_empty()).then(|| f[19].to_string()),
+            busy_s: if cols == 22 { opt(19)? } else { None },
+            error: (!f[err_col].is_empty()).then(|| f[err_col].to_string()),
         });
     }
     Ok(out)
@@ -294,14 +308,24 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
          CPU = switch process utime+stime (all threads) per million packets received by \
          both ends; for the Linux bridge (in-kernel) it is softirq time over all CPUs \
          (marked `si`). The Linux bridge has no rule table: its figure is repeated in \
-         each rule-set row. Ratios are ferrovs/OVS (pps, Gbit/s: higher is better; \
-         CPU, latency: lower is better).\n"
+         each rule-set row. Busy = the poll thread's time in rounds that moved packets, \
+         as each switch counts it (ferrovs `stats`, OVS `dpif-netdev/pmd-perf-show`), per \
+         million packets: what forwarding costs when busy polling makes the CPU figure \
+         one core whatever the load. Ratios are ferrovs/OVS (pps, Gbit/s: higher is better; \
+         CPU, busy, latency: lower is better).\n"
     );
-    let hdr = |out: &mut String, lead: &str, per_sys: &[&str], ratios: &[&str]| {
+    // Busy time exists only for the switches with a poll thread.
+    let pollers: Vec<System> = systems.iter().copied().filter(|s| s.has_rules()).collect();
+    let hdr = |out: &mut String, lead: &str, per_sys: &[&str], busy: bool, ratios: &[&str]| {
         let mut cols = vec![lead.to_string()];
         for what in per_sys {
             for s in &systems {
                 cols.push(format!("{} {what}", s.name()));
+            }
+        }
+        if busy {
+            for s in &pollers {
+                cols.push(format!("{} busy s/Mpkt", s.name()));
             }
         }
         cols.extend(ratios.iter().map(|r| r.to_string()));
@@ -320,6 +344,7 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             v
         }
     };
+    let busy_cell = |t: Test, s: System| cell(get(t, s).and_then(|x| x.busy_per_mpkt), 2);
     let fo = |t: Test, f: &dyn Fn(&Summary) -> Option<f64>| {
         ratio(
             get(t, System::Ferrovs).and_then(f),
@@ -338,7 +363,8 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             &mut out,
             "rate | flows | rules",
             &["Mpps (loss)", "CPU s/Mpkt"],
-            &["ferrovs/OVS pps", "ferrovs/OVS CPU"],
+            true,
+            &["ferrovs/OVS pps", "ferrovs/OVS CPU", "ferrovs/OVS busy"],
         );
         for t in &udp {
             let mut cols = vec![test_cell(t)];
@@ -355,8 +381,12 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             for s in &systems {
                 cols.push(cpu_cell(*t, *s));
             }
+            for s in &pollers {
+                cols.push(busy_cell(*t, *s));
+            }
             cols.push(ratio_cell(fo(*t, &|x| x.pps)));
             cols.push(ratio_cell(fo(*t, &|x| x.cpu_per_mpkt)));
+            cols.push(ratio_cell(fo(*t, &|x| x.busy_per_mpkt)));
             let _ = writeln!(out, "| {} |", cols.join(" | "));
         }
         out.push('\n');
@@ -372,7 +402,8 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             &mut out,
             "streams | rules",
             &["Gbit/s", "CPU s/Mpkt"],
-            &["ferrovs/OVS Gbit/s", "ferrovs/OVS CPU"],
+            true,
+            &["ferrovs/OVS Gbit/s", "ferrovs/OVS CPU", "ferrovs/OVS busy"],
         );
         for t in &tcp {
             let mut cols = vec![test_cell(t)];
@@ -382,8 +413,12 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             for s in &systems {
                 cols.push(cpu_cell(*t, *s));
             }
+            for s in &pollers {
+                cols.push(busy_cell(*t, *s));
+            }
             cols.push(ratio_cell(fo(*t, &|x| x.gbps)));
             cols.push(ratio_cell(fo(*t, &|x| x.cpu_per_mpkt)));
+            cols.push(ratio_cell(fo(*t, &|x| x.busy_per_mpkt)));
             let _ = writeln!(out, "| {} |", cols.join(" | "));
         }
         out.push('\n');
@@ -399,6 +434,7 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             &mut out,
             "flows | rules",
             &["p50 / p99 µs"],
+            false,
             &["ferrovs/OVS p50", "ferrovs/OVS p99"],
         );
         for t in &lat {
@@ -689,6 +725,8 @@ mod tests {
             received,
             switched: received,
             cpu_s: cpu,
+            // The poll thread busy half the time.
+            busy_s: cpu.map(|c| c / 2.0),
             softirq_s: 0.5,
             ..Sample::default()
         }
@@ -761,10 +799,10 @@ mod tests {
         assert!(lines[0].starts_with("round,system,test,rate,flows,rules,"));
         assert_eq!(
             lines[1],
-            "1,ferrovs,udp,max,1000,10000,2.000,2000000,1000000,1000000,500000,50.000,,0,,,1.000,0.500,1.000,"
+            "1,ferrovs,udp,max,1000,10000,2.000,2000000,1000000,1000000,500000,50.000,,0,,,1.000,0.500,1.000,0.5000,0.500,"
         );
         assert!(lines[3].starts_with("1,bridge,udp,max,1000,n/a,"));
-        assert!(lines[3].ends_with(",,0.500,0.312,"));
+        assert!(lines[3].ends_with(",,0.500,0.312,,,"));
         assert!(lines[8].ends_with(",ovs: no connectivity"));
         let cols = lines[0].split(',').count();
         assert!(lines.iter().all(|l| l.split(',').count() == cols));
@@ -775,12 +813,13 @@ mod tests {
         let md = markdown(&fixture(), "machine: test box");
         assert!(md.starts_with("# ferrovs-bench\n\nmachine: test box\n"));
         assert!(md.contains(
-            "| rate | flows | rules | ferrovs Mpps (loss) | ovs Mpps (loss) | bridge Mpps (loss) | ferrovs CPU s/Mpkt | ovs CPU s/Mpkt | bridge CPU s/Mpkt | ferrovs/OVS pps | ferrovs/OVS CPU |"
+            "| rate | flows | rules | ferrovs Mpps (loss) | ovs Mpps (loss) | bridge Mpps (loss) | ferrovs CPU s/Mpkt | ovs CPU s/Mpkt | bridge CPU s/Mpkt | ferrovs busy s/Mpkt | ovs busy s/Mpkt | ferrovs/OVS pps | ferrovs/OVS CPU | ferrovs/OVS busy |"
         ));
         assert!(md.contains("|---|---|---|---:|"));
-        // ferrovs 0.55 Mpps vs OVS 0.35: 1.57x; CPU 1.0 vs (1.25 + 1.5) / 2.
+        // ferrovs 0.55 Mpps vs OVS 0.35: 1.57x; CPU 1.0 vs (1.25 + 1.5) / 2;
+        // busy half of that; the bridge has no busy column.
         assert!(
-            md.contains("| max | 1k | 10k | 0.550 (45.0%) | 0.350 (65.0%) | 0.750 (25.0%) | 1.00 | 1.38 | 0.33 si | 1.57x | 0.73x |"),
+            md.contains("| max | 1k | 10k | 0.550 (45.0%) | 0.350 (65.0%) | 0.750 (25.0%) | 1.00 | 1.38 | 0.33 si | 0.50 | 0.69 | 1.57x | 0.73x | 0.73x |"),
             "{md}"
         );
         assert!(
@@ -869,7 +908,17 @@ mod tests {
         assert_eq!(parse_rate("1500pps"), Some(Some(1500)));
         assert_eq!(parse_rate("2Mpps"), Some(Some(2_000_000)));
         let e = parse_csv("h\n1,ovs,udp,max,1,10").unwrap_err();
-        assert_eq!(e.to_string(), "results.csv line 2: 6 columns, expected 20");
+        assert_eq!(e.to_string(), "results.csv line 2: 6 columns, expected 22");
+        // Files from before the busy columns: 20 columns, no busy time.
+        let old = "round,system,test,rate,flows,rules,secs,sent,received,switched,pps,loss_pct,gbps,rtts,p50_us,p99_us,switch_cpu_s,softirq_s,cpu_s_per_mpkt,error\n\
+                   1,ovs,udp,max,1,10,5.000,10,9,9,2,10.000,,0,,,0.100,0.000,11.111,\n";
+        let back = parse_csv(old).unwrap();
+        assert_eq!(
+            (back[0].cpu_s, back[0].busy_s, back[0].error.clone()),
+            (Some(0.1), None, None)
+        );
+        let e = parse_csv("round,a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s\n1,ovs").unwrap_err();
+        assert_eq!(e.to_string(), "results.csv line 2: 2 columns, expected 20");
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub struct Env {
     pub core: usize,
     /// Scratch directory.
     pub work: PathBuf,
-    /// ferrovsd's `poll_max_sleep_us` (0: busy polling, its default).
-    pub ferrovs_max_sleep_us: u64,
+    /// Longest poll-thread nap in µs: ferrovsd's `poll_max_sleep_us`, OVS's
+    /// `pmd-maxsleep` (0: busy polling, both defaults).
+    pub poll_max_sleep_us: u64,
 }
 
 /// Why `sys` cannot run here, if it cannot.
@@ -93,8 +94,10 @@ pub struct OvsDaemon {
 }
 
 impl OvsDaemon {
-    /// Starts ovsdb-server and ovs-vswitchd unless running.
-    pub fn start(core: usize) -> Result<OvsDaemon, SystemError> {
+    /// Starts ovsdb-server and ovs-vswitchd unless running, with the PMD
+    /// on `core` and naps up to `max_sleep_us` (0: busy polling; set
+    /// either way, as the database keeps it from earlier runs).
+    pub fn start(core: usize, max_sleep_us: u64) -> Result<OvsDaemon, SystemError> {
         let started = !ovs_running();
         let guard = OvsDaemon { started };
         if started {
@@ -108,6 +111,7 @@ impl OvsDaemon {
             "Open_vSwitch",
             ".",
             &format!("other_config:pmd-cpu-mask=0x{:x}", 1u64 << core),
+            &format!("other_config:pmd-maxsleep={max_sleep_us}"),
         ])?;
         Ok(guard)
     }
@@ -134,6 +138,21 @@ pub enum Running {
 }
 
 impl Running {
+    /// What the meter reads of this system (`env`: where ferrovsd's
+    /// management socket is).
+    pub fn probe(&self, env: &Env) -> super::traffic::Probe {
+        use super::traffic::BusySource;
+        let busy = match self {
+            Running::Ferrovs(_) => BusySource::Ferrovs(env.work.join("ferrovs.sock")),
+            Running::Ovs(_) => BusySource::Ovs,
+            Running::Bridge => BusySource::None,
+        };
+        super::traffic::Probe {
+            pid: self.pid(),
+            busy,
+        }
+    }
+
     /// Process to charge CPU to (none for the in-kernel bridge).
     pub fn pid(&self) -> Option<u32> {
         match self {
@@ -183,7 +202,7 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
                     "bridge = \"{BRIDGE}\"\nthreads = 1\ncores = [{}]\npoll_max_sleep_us = {}\nsocket = \"{}\"\nflows = \"{}\"\n\n\
                      [[port]]\nname = \"{LINK_A}\"\nofport = 1\n\n[[port]]\nname = \"{LINK_B}\"\nofport = 2\n",
                     env.core,
-                    env.ferrovs_max_sleep_us,
+                    env.poll_max_sleep_us,
                     env.work.join("ferrovs.sock").display(),
                     rules_path.display()
                 ),

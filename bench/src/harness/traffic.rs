@@ -1,10 +1,11 @@
 //! Traffic and meters: trafgen UDP at a fixed or unlimited rate, iperf3
 //! TCP with one or many streams, the UDP request/response client, and the
-//! [`Meter`] that reads interface counters inside the namespaces and CPU
-//! time from /proc around a measurement.
+//! [`Meter`] that reads interface counters inside the namespaces, CPU
+//! time from /proc and the switch's poll-thread busy time around a
+//! measurement.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,94 @@ pub fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// Where the poll thread's busy time (rounds that moved packets) comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BusySource {
+    /// Not available (the Linux bridge).
+    #[default]
+    None,
+    /// ferrovsd's `stats` (poll time: busy=), over its management socket.
+    Ferrovs(PathBuf),
+    /// OVS: `ovs-appctl dpif-netdev/pmd-stats-clear`, then `pmd-perf-show`.
+    Ovs,
+}
+
+/// The switch under test, as the meter sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The switch process (ferrovsd, ovs-vswitchd): CPU from /proc.
+    pub pid: Option<u32>,
+    /// Its poll-thread busy time.
+    pub busy: BusySource,
+}
+
+/// Busy seconds from ferrovs's `stats` text (`poll time: busy=1.234 s`).
+pub fn parse_ferrovs_busy(stats: &str) -> Option<f64> {
+    let rest = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("poll time: busy="))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Busy seconds from `ovs-appctl dpif-netdev/pmd-perf-show` (one PMD):
+/// measurement duration x share of used TSC cycles x share of those in
+/// busy iterations.
+pub fn parse_pmd_perf_busy(text: &str) -> Option<f64> {
+    let num_after = |key: &str| -> Option<f64> {
+        let l = text.lines().find(|l| l.trim_start().starts_with(key))?;
+        l.trim_start()[key.len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    // "- busy iterations:  471194  ( 98.9 % of used cycles)"
+    let pct_in = |key: &str| -> Option<f64> {
+        let l = text.lines().find(|l| l.trim_start().starts_with(key))?;
+        let inner = &l[l.find('(')? + 1..];
+        inner.split_whitespace().next()?.parse().ok()
+    };
+    let secs = num_after("Measurement duration:")?;
+    let used = pct_in("- Used TSC cycles:")?;
+    let busy = pct_in("- busy iterations:")?;
+    Some(secs * used / 100.0 * busy / 100.0)
+}
+
+impl BusySource {
+    /// Starts a measurement: ferrovs's busy seconds so far (OVS: clears
+    /// the PMD statistics, so `Some(0.0)`).
+    fn start(&self) -> Option<f64> {
+        match self {
+            BusySource::None => None,
+            BusySource::Ferrovs(sock) => ferrovs_busy(sock),
+            BusySource::Ovs => run(&["ovs-appctl", "dpif-netdev/pmd-stats-clear"])
+                .ok()
+                .map(|_| 0.0),
+        }
+    }
+
+    /// Busy seconds since `start` returned `b0`.
+    fn finish(&self, b0: Option<f64>) -> Option<f64> {
+        let b1 = match self {
+            BusySource::None => None,
+            BusySource::Ferrovs(sock) => ferrovs_busy(sock),
+            BusySource::Ovs => run(&["ovs-appctl", "dpif-netdev/pmd-perf-show"])
+                .ok()
+                .and_then(|t| parse_pmd_perf_busy(&t)),
+        }?;
+        Some((b1 - b0?).max(0.0))
+    }
+}
+
+fn ferrovs_busy(sock: &Path) -> Option<f64> {
+    let req = tools::mgmt::Request {
+        args: vec!["stats".into()],
+        input: None,
+    };
+    let resp = tools::mgmt::call(sock, &req).ok()?;
+    resp.ok.then(|| parse_ferrovs_busy(&resp.output)).flatten()
+}
+
 /// Counters and CPU at the start of a measurement.
 #[derive(Debug)]
 pub struct Meter {
@@ -94,28 +183,32 @@ pub struct Meter {
     snd: (u64, u64),
     rcv: (u64, u64),
     cpu: Option<u64>,
+    busy: Option<f64>,
     softirq: u64,
-    pid: Option<u32>,
+    probe: Probe,
     tck: f64,
 }
 
 impl Meter {
-    /// Snapshot now; `pid` = the switch process (if any).
-    pub fn start(pid: Option<u32>, tck: f64) -> Result<Meter, TrafficError> {
+    /// Snapshot now of the counters and of the switch in `probe`.
+    pub fn start(probe: &Probe, tck: f64) -> Result<Meter, TrafficError> {
         Ok(Meter {
             snd: counters(NS_SND)?,
             rcv: counters(NS_RCV)?,
-            cpu: pid.map(proc_ticks).transpose()?,
+            cpu: probe.pid.map(proc_ticks).transpose()?,
+            busy: probe.busy.start(),
             softirq: softirq_ticks()?,
             t0: Instant::now(),
-            pid,
+            probe: probe.clone(),
             tck,
         })
     }
 
-    /// Fills `secs`, `sent`, `received`, `switched`, `cpu_s`, `softirq_s`.
+    /// Fills `secs`, `sent`, `received`, `switched`, `cpu_s`, `busy_s`,
+    /// `softirq_s`.
     pub fn finish(&self, s: &mut Sample) -> Result<(), TrafficError> {
-        let cpu1 = self.pid.map(proc_ticks).transpose()?;
+        s.busy_s = self.probe.busy.finish(self.busy);
+        let cpu1 = self.probe.pid.map(proc_ticks).transpose()?;
         let si1 = softirq_ticks()?;
         let snd = counters(NS_SND)?;
         let rcv = counters(NS_RCV)?;
@@ -154,7 +247,7 @@ pub fn udp(
     flows: u32,
     rate: Option<u64>,
     secs: Duration,
-    meter_pid: Option<u32>,
+    probe: &Probe,
     tck: f64,
     s: &mut Sample,
 ) -> Result<(), TrafficError> {
@@ -207,7 +300,7 @@ pub fn udp(
             format!("exited early (see: ip netns exec {NS_SND} {what} ...)"),
         ));
     }
-    let m = Meter::start(meter_pid, tck)?;
+    let m = Meter::start(probe, tck)?;
     let ok = sleep_unless_stopped(secs);
     m.finish(s)?;
     child.stop("INT", Duration::from_secs(2));
@@ -248,7 +341,7 @@ pub fn tcp(
     gen: &Gen,
     streams: u32,
     secs: Duration,
-    meter_pid: Option<u32>,
+    probe: &Probe,
     tck: f64,
     s: &mut Sample,
 ) -> Result<(), TrafficError> {
@@ -269,7 +362,7 @@ pub fn tcp(
     }
     let dst = ENDPOINTS.dst_ip.to_string();
     let t = secs.as_secs().max(1).to_string();
-    let m = Meter::start(meter_pid, tck)?;
+    let m = Meter::start(probe, tck)?;
     let mut cl = Vec::new();
     let mut outs = Vec::new();
     for i in 0..clients {
@@ -330,7 +423,7 @@ pub fn latency(
     gen: &Gen,
     flows: u32,
     secs: Duration,
-    meter_pid: Option<u32>,
+    probe: &Probe,
     tck: f64,
     s: &mut Sample,
 ) -> Result<(), TrafficError> {
@@ -353,7 +446,7 @@ pub fn latency(
     }
     let dst = format!("{}:{port}", ENDPOINTS.dst_ip);
     let ms = secs.as_millis().to_string();
-    let m = Meter::start(meter_pid, tck)?;
+    let m = Meter::start(probe, tck)?;
     let mut client = ChildGuard::spawn(
         Some(NS_SND),
         &[
@@ -429,5 +522,15 @@ mod tests {
         let j = r#"{"end":{"sum_received":{"bytes":100,"bits_per_second":2.5e9}}}"#;
         assert_eq!(iperf3_bps(j), Some(2.5e9));
         assert_eq!(iperf3_bps("{}"), None);
+    }
+    #[test]
+    fn busy_time_from_ferrovs_stats_and_pmd_perf_show() {
+        let stats = "packets: 5\nidle sleeps: 0\npoll time: busy=11.953 s (61.0%), idle=7.641 s, asleep=0.373 s\n";
+        assert_eq!(parse_ferrovs_busy(stats), Some(11.953));
+        assert_eq!(parse_ferrovs_busy("packets: 5\n"), None);
+        let perf = "\nTime: 20:41:47.372\nMeasurement duration: 3.021 s\n\npmd thread numa_id 0 core_id 1:\n\n  Iterations:             28752090  (0.10 us/it)\n  - Used TSC cycles:    7831801848  ( 99.7 % of total cycles)\n  - idle iterations:      28457685  ( 68.2 % of used cycles)\n  - busy iterations:        294405  ( 40.5 % of used cycles)\n  - sleep iterations:            0  (  0.0 % of iterations)\n";
+        let b = parse_pmd_perf_busy(perf).unwrap();
+        assert!((b - 3.021 * 0.997 * 0.405).abs() < 1e-9, "{b}");
+        assert_eq!(parse_pmd_perf_busy("Measurement duration: 3.0 s\n"), None);
     }
 }
