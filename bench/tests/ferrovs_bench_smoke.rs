@@ -45,6 +45,16 @@ fn quick_run_writes_reports_and_cleans_up() {
     for line in rows.iter().filter(|l| l.contains(",tcp,")) {
         assert!(line.ends_with(','), "failed: {line}");
     }
+    // ferrovs's UDP rows carry its poll thread's busy time (the column
+    // before busy_s_per_mpkt and error).
+    for line in rows
+        .iter()
+        .filter(|l| l.contains(",ferrovs,udp,") && l.ends_with(','))
+    {
+        let f: Vec<&str> = line.split(',').collect();
+        let busy: f64 = f[f.len() - 3].parse().unwrap_or(0.0);
+        assert!(busy > 0.0, "no busy time: {line}");
+    }
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(md.contains("## UDP, 64-byte frames"), "{md}");
     let svg = std::fs::read_to_string(out.join("chart.svg")).expect("chart.svg");
