@@ -9,18 +9,17 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::sim_pod::{mac_str, run_until, SimPod};
+use common::service::{self, VIP};
+use common::sim_pod::{run_until, SimPod};
 use datapath::switch::{Switch, SwitchConfig};
 use flows::field::Field;
 use flows::key::FlowKey;
-use flows::pipeline::{FlowMod, VlanMode};
+use flows::pipeline::FlowMod;
 use flows::syntax::{parse_flow, parse_group};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::IpAddress;
 
-const VIP: &str = "10.96.0.10";
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 /// Seconds.
 const TIMEOUT: u32 = 2;
 
@@ -52,43 +51,11 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let sw = Switch::start(&SwitchConfig::default()).unwrap();
-        let mut client = SimPod::attach(&sw, 1, "client", ip("10.0.0.2"), VlanMode::Trunk);
-        client.add_static_neighbor(ip("10.0.0.1"), GW_MAC);
-        client.set_gateway(ip("10.0.0.1"));
-        let mut backends: Vec<SimPod> = (11u8..=12)
-            .map(|n| {
-                SimPod::attach(
-                    &sw,
-                    n as u16,
-                    &format!("be{n}"),
-                    Ipv4Addr::new(10, 0, 0, n),
-                    VlanMode::Trunk,
-                )
-            })
-            .collect();
-        let mut flows = vec![
-            "table=0,priority=100,ip,ct_state=-trk actions=ct(table=1,nat)".to_string(),
-            "table=0,priority=90,arp actions=normal".to_string(),
-            format!(
-                "table=1,priority=100,tcp,ct_state=+trk+new,nw_dst={VIP},tp_dst=80 \
-                 actions=group:1"
-            ),
-            "table=1,priority=90,ip,ct_state=+trk+est actions=goto_table:2".to_string(),
-            "table=1,priority=90,ip,ct_state=+trk+new+dnat actions=goto_table:2".to_string(),
-            format!(
-                "table=2,ip,nw_dst={} actions=mod_dl_dst:{},output:1",
-                client.ip,
-                mac_str(client.mac)
-            ),
-        ];
-        for b in &backends {
-            flows.push(format!(
-                "table=2,ip,nw_dst={} actions=mod_dl_dst:{},output:{}",
-                b.ip,
-                mac_str(b.mac),
-                b.ip.octets()[3]
-            ));
-        }
+        let service::ServicePods {
+            client,
+            mut backends,
+            flows,
+        } = service::attach(&sw, 11..=12);
         let mut mods = vec![group(&[(11, 1)])];
         mods.extend(flows.iter().map(|f| FlowMod::Add(parse_flow(f).unwrap())));
         sw.apply(&mods).unwrap();

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::sim_pod::{mac_str, run_for, run_until, SimPod};
+use common::service::{self, GW_MAC, VIP};
+use common::sim_pod::{run_for, run_until, SimPod};
 use datapath::conntrack::{ConnTrack, CtConfig, CtTimeouts, TcpState};
 use datapath::switch::{Switch, SwitchConfig};
 use flows::pipeline::{FlowMod, VlanMode};
@@ -362,9 +363,6 @@ fn lost_handshake_ack_recovered_through_conntrack() {
     assert_eq!(drops(&sw, "action_drop"), 0);
 }
 
-const VIP: &str = "10.96.0.10";
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
-
 fn vip_group(backends: &[u8]) -> String {
     let mut g = "group_id=1,type=select".to_string();
     for b in backends {
@@ -378,43 +376,11 @@ fn vip_group(backends: &[u8]) -> String {
 #[test]
 fn dnat_service_vip_to_backends_with_select_group() {
     let sw = start();
-    let mut client = SimPod::attach(&sw, 1, "client", ip("10.0.0.2"), VlanMode::Trunk);
-    client.add_static_neighbor(ip("10.0.0.1"), GW_MAC);
-    client.set_gateway(ip("10.0.0.1"));
-    let mut backends: Vec<SimPod> = (11u8..=13)
-        .map(|n| {
-            SimPod::attach(
-                &sw,
-                n as u16,
-                &format!("be{n}"),
-                Ipv4Addr::new(10, 0, 0, n),
-                VlanMode::Trunk,
-            )
-        })
-        .collect();
-    let mut flows = vec![
-        "table=0,priority=100,ip,ct_state=-trk actions=ct(table=1,nat)".to_string(),
-        "table=0,priority=90,arp actions=normal".to_string(),
-        format!(
-            "table=1,priority=100,tcp,ct_state=+trk+new,nw_dst={VIP},tp_dst=80 actions=group:1"
-        ),
-        "table=1,priority=90,ip,ct_state=+trk+est actions=goto_table:2".to_string(),
-        // A retransmitted SYN is still +new, now already DNATed.
-        "table=1,priority=90,ip,ct_state=+trk+new+dnat actions=goto_table:2".to_string(),
-        format!(
-            "table=2,ip,nw_dst={} actions=mod_dl_dst:{},output:1",
-            client.ip,
-            mac_str(client.mac)
-        ),
-    ];
-    for b in &backends {
-        flows.push(format!(
-            "table=2,ip,nw_dst={} actions=mod_dl_dst:{},output:{}",
-            b.ip,
-            mac_str(b.mac),
-            b.ip.octets()[3]
-        ));
-    }
+    let service::ServicePods {
+        mut client,
+        mut backends,
+        flows,
+    } = service::attach(&sw, 11..=13);
     let flows: Vec<&str> = flows.iter().map(String::as_str).collect();
     // The group first: flows may only name groups that exist (as in OVS).
     add_group(&sw, &vip_group(&[11, 12, 13]));

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 use std::time::{Duration, Instant};
 
-use datapath::port::MemPort;
+use datapath::port::{FrameQueue, MemPort};
 use datapath::switch::{Switch, SwitchConfig};
 use flows::pipeline::{FlowMod, VlanMode};
 use flows::syntax::parse_flow;
@@ -37,6 +37,17 @@ fn wait_for(q: &datapath::port::FrameQueue, n: usize) -> Vec<Vec<u8>> {
     q.lock().unwrap().drain(..).collect()
 }
 
+/// A switch with in-memory trunk ports 1 and 2: port 1's inject queue and
+/// port 2's sent queue.
+fn two_ports() -> (Switch, FrameQueue, FrameQueue) {
+    let sw = Switch::start(&SwitchConfig::default()).unwrap();
+    let (a, b) = (MemPort::new("a"), MemPort::new("b"));
+    let (ai, bs) = (a.inject.clone(), b.sent.clone());
+    sw.add_port(1, Box::new(a), VlanMode::Trunk).unwrap();
+    sw.add_port(2, Box::new(b), VlanMode::Trunk).unwrap();
+    (sw, ai, bs)
+}
+
 fn add(sw: &Switch, flows: &[&str]) {
     let mods: Vec<FlowMod> = flows
         .iter()
@@ -47,11 +58,7 @@ fn add(sw: &Switch, flows: &[&str]) {
 
 #[test]
 fn output_and_counters() {
-    let sw = Switch::start(&SwitchConfig::default()).unwrap();
-    let (a, b) = (MemPort::new("a"), MemPort::new("b"));
-    let (ai, bs) = (a.inject.clone(), b.sent.clone());
-    sw.add_port(1, Box::new(a), VlanMode::Trunk).unwrap();
-    sw.add_port(2, Box::new(b), VlanMode::Trunk).unwrap();
+    let (sw, ai, bs) = two_ports();
     add(
         &sw,
         &["in_port=1 actions=mod_dl_dst:02:00:00:00:00:99,output:2"],
@@ -81,11 +88,7 @@ fn output_and_counters() {
 #[test]
 fn poll_time_split_busy_idle_asleep() {
     let t0 = std::time::Instant::now();
-    let sw = Switch::start(&SwitchConfig::default()).unwrap();
-    let (a, b) = (MemPort::new("a"), MemPort::new("b"));
-    let (ai, bs) = (a.inject.clone(), b.sent.clone());
-    sw.add_port(1, Box::new(a), VlanMode::Trunk).unwrap();
-    sw.add_port(2, Box::new(b), VlanMode::Trunk).unwrap();
+    let (sw, ai, bs) = two_ports();
     add(&sw, &["in_port=1 actions=output:2"]);
     let f = frame([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], None);
     for _ in 0..100 {
@@ -174,11 +177,7 @@ fn normal_vlan_push_pop_and_isolation() {
 
 #[test]
 fn malformed_frames_are_counted_not_fatal() {
-    let sw = Switch::start(&SwitchConfig::default()).unwrap();
-    let (a, b) = (MemPort::new("a"), MemPort::new("b"));
-    let (ai, bs) = (a.inject.clone(), b.sent.clone());
-    sw.add_port(1, Box::new(a), VlanMode::Trunk).unwrap();
-    sw.add_port(2, Box::new(b), VlanMode::Trunk).unwrap();
+    let (sw, ai, bs) = two_ports();
     add(&sw, &["actions=output:2"]);
     let good = frame([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], None);
     for n in [0, 5, 13, 20, 30] {

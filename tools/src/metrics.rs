@@ -9,7 +9,7 @@ use std::sync::Arc;
 use datapath::extract::DropReason;
 use datapath::shared::Shared;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -22,28 +22,17 @@ pub struct SwitchCollector {
 
 type Labels = Vec<(String, String)>;
 
-fn counter_family(
+/// One counter family: integer counts, or seconds as `f64`.
+fn counter_family<N>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(Labels, u64)],
-) -> Result<(), std::fmt::Error> {
-    let probe = ConstCounter::new(0u64);
-    let mut fam = enc.encode_descriptor(name, help, None, probe.metric_type())?;
-    for (labels, v) in rows {
-        let c = ConstCounter::new(*v);
-        c.encode(fam.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn seconds_family(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, f64)],
-) -> Result<(), std::fmt::Error> {
-    let probe = ConstCounter::new(0f64);
+    rows: &[(Labels, N)],
+) -> Result<(), std::fmt::Error>
+where
+    N: EncodeCounterValue + Default + Copy + std::fmt::Debug,
+{
+    let probe = ConstCounter::new(N::default());
     let mut fam = enc.encode_descriptor(name, help, None, probe.metric_type())?;
     for (labels, v) in rows {
         let c = ConstCounter::new(*v);
@@ -167,7 +156,7 @@ impl Collector for SwitchCollector {
                 poll.push((labels, cell.load(Ordering::Relaxed) as f64 / 1e9));
             }
         }
-        seconds_family(
+        counter_family(
             &mut enc,
             "ferrovs_poll_seconds",
             "Poll thread time: busy (rounds that moved frames), idle (empty rounds, spinning), asleep",
