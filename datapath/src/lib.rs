@@ -17,6 +17,7 @@ pub mod reply;
 pub mod shared;
 pub mod switch;
 pub mod tunnel;
+pub mod txbatch;
 pub mod vxlan;
 pub mod worker;
 pub mod xsk;

@@ -53,6 +53,14 @@ pub trait PortTx: Send {
     }
     /// Submits queued frames and wakes the kernel if it asked for it.
     fn flush(&mut self);
+    /// Submits queued frames but leaves waking the kernel to a later
+    /// [`PortTx::flush`], so one wake-up sends the frames of several
+    /// rounds ([`crate::txbatch`]). Returns true when frames wait for
+    /// that wake-up; ports without one send at once.
+    fn submit(&mut self) -> bool {
+        self.flush();
+        false
+    }
 }
 
 /// What the kernel counted for a port below the switch: an AF_XDP socket's

@@ -94,6 +94,12 @@ pub struct SwitchConfig {
     /// without pause again as soon as a batch is half full. Zero (the
     /// default) means busy polling: lowest latency, a whole core always.
     pub max_sleep: Duration,
+    /// Longest a frame may wait for more output under load (like OVS's
+    /// `tx-flush-interval`, but only while a poll thread receives more
+    /// than 200,000 frames per second; below that every frame is sent at
+    /// once). One kernel wake-up then sends the frames of several rounds.
+    /// Zero sends every round's output at once. See [`crate::txbatch`].
+    pub tx_flush_interval: Duration,
 }
 
 impl Default for SwitchConfig {
@@ -103,6 +109,7 @@ impl Default for SwitchConfig {
             cores: Vec::new(),
             conntrack: Default::default(),
             max_sleep: DEFAULT_MAX_SLEEP,
+            tx_flush_interval: crate::txbatch::DEFAULT_TX_FLUSH_INTERVAL,
         }
     }
 }
@@ -133,13 +140,17 @@ impl Switch {
             let core = cfg.cores.get(i).copied();
             let sh = shared.clone();
             let max_sleep = cfg.max_sleep;
+            let tx_flush = cfg.tx_flush_interval;
             let handle = std::thread::Builder::new()
                 .name(format!("ferrovs-poll{i}"))
                 .spawn(move || {
                     if let Some(c) = core {
                         crate::worker::pin_to_core(c);
                     }
-                    Worker::new(i, sh, rx).with_max_sleep(max_sleep).run(poll);
+                    Worker::new(i, sh, rx)
+                        .with_max_sleep(max_sleep)
+                        .with_tx_flush_interval(tx_flush)
+                        .run(poll);
                 })?;
             workers.push((tx, waker, handle));
         }

@@ -37,6 +37,7 @@ use crate::shared::{
     BATCH,
 };
 use crate::tunnel;
+use crate::txbatch::TxBatching;
 
 /// mio token of the management waker.
 pub const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -224,6 +225,12 @@ pub struct Engine {
     drops: [u64; DropReason::COUNT],
     /// Some of `drops` is not zero.
     dropped: bool,
+    /// Output may wait for a later wake-up ([`crate::txbatch`]).
+    tx_hold: bool,
+    /// Port-table indices with frames waiting for a wake-up.
+    held_ports: Vec<u32>,
+    /// Frames left waiting since the last [`Engine::take_held`].
+    held_frames: usize,
 }
 
 /// A packet being processed: in its receive buffer, or moved to scratch
@@ -310,6 +317,9 @@ impl Engine {
             replies: 0,
             drops: [0; DropReason::COUNT],
             dropped: false,
+            tx_hold: false,
+            held_ports: Vec::with_capacity(64),
+            held_frames: 0,
         }
     }
 
@@ -323,6 +333,8 @@ impl Engine {
         }
         let pt = self.shared.ports.load();
         if !Arc::ptr_eq(&pt, &self.ports) {
+            // Held frames are noted by index into the old table.
+            self.wake_held();
             self.ports = arc_swap::Guard::into_inner(pt);
             // Cached actions hold port-table indices.
             self.emc.clear(self.now_ms);
@@ -972,7 +984,7 @@ impl Engine {
             return;
         }
         let port = &self.ports.ports[i];
-        let (sent, bytes, failed);
+        let (sent, bytes, failed, wait);
         if let Some(tx) = &port.tx {
             let mut tx = lock(tx);
             // The common case, one run of whole received frames, is sent
@@ -990,8 +1002,9 @@ impl Engine {
                 q.refs.clear();
                 q.frames.clear();
                 q.used = 0;
-                tx.flush();
+                let wait = finish(&mut **tx, self.tx_hold);
                 drop(tx);
+                self.note_held(i, wait, sent);
                 return self.count_tx(i, sent, bytes, failed);
             }
             // Otherwise slices of everything to send, handed over a chunk
@@ -1042,15 +1055,52 @@ impl Engine {
             if rx.is_some() {
                 q.refs.clear();
             }
-            tx.flush();
+            wait = finish(tx, self.tx_hold);
         } else {
             (sent, bytes) = (0, 0);
             failed = (q.frames.len() + q.n_refs()) as u64;
             q.refs.clear();
+            wait = false;
         }
         q.frames.clear();
         q.used = 0;
+        self.note_held(i, wait, sent);
         self.count_tx(i, sent, bytes, failed);
+    }
+
+    /// Notes that the port at index `i` holds `sent` more frames, if `wait`.
+    #[inline]
+    fn note_held(&mut self, i: usize, wait: bool, sent: u64) {
+        if !wait {
+            return;
+        }
+        self.held_frames += sent as usize;
+        let i = i as u32;
+        if !self.held_ports.contains(&i) {
+            self.held_ports.push(i);
+        }
+    }
+
+    /// Lets the output of the batches that follow wait for a later
+    /// [`Engine::wake_held`] (true) or sends it at once (false).
+    #[inline]
+    pub fn hold_output(&mut self, hold: bool) {
+        self.tx_hold = hold;
+    }
+
+    /// Frames left waiting since the last call.
+    #[inline]
+    pub fn take_held(&mut self) -> usize {
+        std::mem::take(&mut self.held_frames)
+    }
+
+    /// Wakes every port holding frames, so they are sent now.
+    pub fn wake_held(&mut self) {
+        for i in self.held_ports.drain(..) {
+            if let Some(tx) = self.ports.ports.get(i as usize).and_then(|p| p.tx.as_ref()) {
+                lock(tx).flush();
+            }
+        }
     }
 
     /// Publishes what [`Engine::flush_one`] sent to the port at index `i`.
@@ -1153,6 +1203,18 @@ impl Engine {
     }
 }
 
+/// Ends a transmit: submits and, unless `hold`, wakes the kernel.
+/// Returns whether frames wait for a later wake-up.
+#[inline]
+fn finish(tx: &mut dyn crate::port::PortTx, hold: bool) -> bool {
+    if hold {
+        tx.submit()
+    } else {
+        tx.flush();
+        false
+    }
+}
+
 /// Compiles datapath actions for the current port table: plain outputs
 /// become [`Op::Out`] with the port's index, sent by reference when no
 /// later action changes the packet.
@@ -1248,6 +1310,7 @@ fn ct_input(
 /// waits (asleep). One clock read per round; the totals are published
 /// with plain stores (the thread is their only writer).
 struct PollClock {
+    start: Instant,
     mark: Instant,
     busy: u64,
     idle: u64,
@@ -1264,16 +1327,24 @@ enum Spent {
 
 impl PollClock {
     fn new(stats: &ThreadStats) -> Self {
+        let start = Instant::now();
         PollClock {
-            mark: Instant::now(),
+            start,
+            mark: start,
             busy: stats.busy_ns.load(Ordering::Relaxed),
             idle: stats.idle_ns.load(Ordering::Relaxed),
             asleep: stats.asleep_ns.load(Ordering::Relaxed),
         }
     }
 
-    /// Counts the time since the last call as `spent`.
-    fn lap(&mut self, spent: Spent, stats: &ThreadStats) {
+    /// When the last lap ended, in ns since the clock started.
+    fn mark_ns(&self) -> u64 {
+        u64::try_from(self.mark.duration_since(self.start).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts the time since the last call as `spent`; returns the new
+    /// [`PollClock::mark_ns`].
+    fn lap(&mut self, spent: Spent, stats: &ThreadStats) -> u64 {
         let now = Instant::now();
         let dt = u64::try_from(now.duration_since(self.mark).as_nanos()).unwrap_or(u64::MAX);
         self.mark = now;
@@ -1284,6 +1355,7 @@ impl PollClock {
         };
         *total = total.saturating_add(dt);
         cell.store(*total, Ordering::Relaxed);
+        self.mark_ns()
     }
 }
 
@@ -1295,6 +1367,7 @@ pub struct Worker {
     scratch: Vec<u8>,
     cmds: Receiver<WorkerCmd>,
     max_nap: Duration,
+    batching: TxBatching,
 }
 
 impl Worker {
@@ -1306,6 +1379,23 @@ impl Worker {
             scratch: vec![0; MAX_FRAME + 2 * HEADROOM],
             cmds,
             max_nap: Duration::ZERO,
+            batching: TxBatching::new(Duration::ZERO),
+        }
+    }
+
+    /// Lets output wait up to `interval` under load, so one wake-up sends
+    /// several rounds' frames (zero: send every round); see
+    /// [`crate::txbatch`] and [`crate::switch::SwitchConfig::tx_flush_interval`].
+    pub fn with_tx_flush_interval(mut self, interval: Duration) -> Self {
+        self.batching = TxBatching::new(interval);
+        self
+    }
+
+    /// Sends everything held, before the thread stops polling for a while.
+    fn wake_held(&mut self) {
+        if self.batching.holding() {
+            self.eng.wake_held();
+            self.batching.sent();
         }
     }
 
@@ -1387,13 +1477,18 @@ impl Worker {
             if !self.handle_cmds() || shared.stop.load(Ordering::Relaxed) {
                 break;
             }
+            self.eng
+                .hold_output(self.batching.may_hold(clock.mark_ns()));
             let n = self.poll_once();
-            if n > 0 {
+            let now = if n > 0 {
                 idle = 0;
-                clock.lap(Spent::Busy, stats);
+                clock.lap(Spent::Busy, stats)
             } else {
                 idle += 1;
-                clock.lap(Spent::Idle, stats);
+                clock.lap(Spent::Idle, stats)
+            };
+            if self.batching.after_round(now, n, self.eng.take_held()) {
+                self.eng.wake_held();
             }
             if !self.max_nap.is_zero() {
                 // Load-based naps: a half-full batch means the load is
@@ -1407,6 +1502,7 @@ impl Worker {
                     continue;
                 }
                 if idle < IDLE_NAPS {
+                    self.wake_held();
                     nap = (nap + NAP_STEP).min(self.max_nap);
                     std::thread::sleep(nap);
                     clock.lap(Spent::Asleep, stats);
@@ -1429,6 +1525,7 @@ impl Worker {
                     continue;
                 }
             }
+            self.wake_held();
             let all_waitable = self.rx.iter().all(|r| r.rx.wait_fd().is_some());
             let timeout = if all_waitable { MAX_SLEEP } else { POLL_SLEEP };
             stats.sleeps.fetch_add(1, Ordering::Relaxed);
@@ -1448,6 +1545,7 @@ impl Worker {
             // Woken by a frame: back to light-load naps from the start.
             nap = Duration::ZERO;
         }
+        self.wake_held();
         // Drop receive halves before the transmit halves go away.
         self.rx.clear();
     }

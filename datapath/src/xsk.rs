@@ -1085,7 +1085,17 @@ impl PortTx for XskTx {
     }
 
     fn flush(&mut self) {
-        let c = Arc::clone(&self.shared.counters);
+        self.submit();
+        if self.kick_pending {
+            // SAFETY: reads the TX ring's flags word, mapped while the socket lives.
+            let wake = unsafe { bpf::_xsk_ring_prod__needs_wakeup(self.tx_ring()) } != 0;
+            self.kick_pending = wake && !self.kick();
+        }
+        self.reap();
+    }
+
+    fn submit(&mut self) -> bool {
+        let c = &self.shared.counters;
         if self.queued > 0 {
             // SAFETY: submits exactly the descriptors reserved and written in `send`.
             unsafe { bpf::_xsk_ring_prod__submit(self.tx_ring(), u64::from(self.queued)) };
@@ -1101,12 +1111,7 @@ impl PortTx for XskTx {
             c.tx_dropped.fetch_add(self.dropped, Ordering::Relaxed);
             self.dropped = 0;
         }
-        if self.kick_pending {
-            // SAFETY: reads the TX ring's flags word, mapped while the socket lives.
-            let wake = unsafe { bpf::_xsk_ring_prod__needs_wakeup(self.tx_ring()) } != 0;
-            self.kick_pending = wake && !self.kick();
-        }
-        self.reap();
+        self.kick_pending
     }
 }
 

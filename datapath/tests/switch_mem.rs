@@ -268,3 +268,113 @@ fn batch_refs_runs_and_copies() {
     );
     sw.shutdown();
 }
+
+/// What [`HoldingPort`]'s transmit half saw: frames submitted but not yet
+/// woken, frames woken (sent), and the calls.
+#[derive(Default)]
+struct TxLog {
+    waiting: usize,
+    sent: usize,
+    submits: usize,
+    wakes: usize,
+}
+
+/// An in-memory port whose transmit half, like an AF_XDP socket, needs a
+/// wake-up ([`PortTx::flush`]) to send what was submitted.
+struct HoldingPort {
+    inner: MemPort,
+    log: std::sync::Arc<std::sync::Mutex<TxLog>>,
+}
+
+struct HoldingTx(std::sync::Arc<std::sync::Mutex<TxLog>>);
+
+impl datapath::port::PortTx for HoldingTx {
+    fn send(&mut self, _frame: &[u8]) -> bool {
+        self.0.lock().unwrap().waiting += 1;
+        true
+    }
+    fn flush(&mut self) {
+        let mut l = self.0.lock().unwrap();
+        l.wakes += 1;
+        l.sent += std::mem::take(&mut l.waiting);
+    }
+    fn submit(&mut self) -> bool {
+        let mut l = self.0.lock().unwrap();
+        l.submits += 1;
+        l.waiting > 0
+    }
+}
+
+impl datapath::port::Port for HoldingPort {
+    fn name(&self) -> &str {
+        "holding"
+    }
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn split(
+        self: Box<Self>,
+    ) -> (
+        Box<dyn datapath::port::PortRx>,
+        Box<dyn datapath::port::PortTx>,
+    ) {
+        let (rx, _) = Box::new(self.inner).split();
+        (rx, Box::new(HoldingTx(self.log)))
+    }
+}
+
+/// Forwards `frames` frames from port 1 to a [`HoldingPort`] 2, injected
+/// one at a time `gap` apart; returns the log once all were sent (or 5 s).
+fn forward_paced(interval: Duration, frames: usize, gap: Duration) -> TxLog {
+    let sw = Switch::start(&SwitchConfig {
+        tx_flush_interval: interval,
+        ..SwitchConfig::default()
+    })
+    .unwrap();
+    let a = MemPort::new("a");
+    let ai = a.inject.clone();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(TxLog::default()));
+    let b = HoldingPort {
+        inner: MemPort::new("b"),
+        log: log.clone(),
+    };
+    sw.add_port(1, Box::new(a), VlanMode::Trunk).unwrap();
+    sw.add_port(2, Box::new(b), VlanMode::Trunk).unwrap();
+    add(&sw, &["in_port=1 actions=output:2"]);
+    let f = frame([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], None);
+    for _ in 0..frames {
+        let t = Instant::now();
+        ai.lock().unwrap().push_back(f.clone());
+        while t.elapsed() < gap {
+            std::hint::spin_loop();
+        }
+    }
+    let t = Instant::now();
+    while log.lock().unwrap().sent < frames && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(sw);
+    let l = log.lock().unwrap();
+    TxLog { ..*l }
+}
+
+#[test]
+fn output_waits_for_company_only_under_load() {
+    // 1 µs apart (1 Mpps): frames wait for each other, one wake-up sends
+    // many, and the last ones go out once the load stops.
+    let l = forward_paced(Duration::from_micros(20), 20_000, Duration::from_micros(1));
+    assert_eq!((l.sent, l.waiting), (20_000, 0));
+    assert!(l.submits > 0, "output held under load");
+    assert!(
+        l.wakes * 4 < l.sent,
+        "{} wake-ups for {} frames",
+        l.wakes,
+        l.sent
+    );
+    // 50 µs apart (20 kpps): every frame is sent at once.
+    let l = forward_paced(Duration::from_micros(20), 200, Duration::from_micros(50));
+    assert_eq!((l.sent, l.waiting, l.submits), (200, 0, 0));
+    // Interval 0: never held, whatever the load.
+    let l = forward_paced(Duration::ZERO, 5_000, Duration::from_micros(1));
+    assert_eq!((l.sent, l.waiting, l.submits), (5_000, 0, 0));
+}

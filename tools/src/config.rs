@@ -5,6 +5,7 @@
 //! threads = 1            # poll threads
 //! cores = [1]            # optional CPU pinning, one entry per thread
 //! poll_max_sleep_us = 50 # optional naps under light load (default 0: busy polling)
+//! tx_flush_interval_us = 20 # optional: longest output wait under load (0: never wait)
 //! socket = "/run/ferrovs/br0.sock"
 //! metrics = "127.0.0.1:9477"   # optional Prometheus endpoint
 //! flows = "/etc/ferrovs/flows.txt"  # optional, installed at start
@@ -89,6 +90,7 @@ struct RawConfig {
     threads: Option<usize>,
     cores: Option<Vec<usize>>,
     poll_max_sleep_us: Option<u64>,
+    tx_flush_interval_us: Option<u64>,
     socket: Option<PathBuf>,
     metrics: Option<String>,
     flows: Option<PathBuf>,
@@ -178,6 +180,8 @@ pub struct Config {
     pub cores: Vec<usize>,
     /// Longest nap of a poll thread under light load (0: busy polling).
     pub poll_max_sleep: std::time::Duration,
+    /// Longest a frame waits for more output under load (0: never).
+    pub tx_flush_interval: std::time::Duration,
     /// Management socket.
     pub socket: PathBuf,
     /// Prometheus endpoint.
@@ -240,6 +244,20 @@ impl Config {
                     path: path.into(),
                     field: "poll_max_sleep_us",
                     msg: format!("{us} is above 10000 (10 ms)"),
+                })
+            }
+        };
+        let max_flush = datapath::txbatch::MAX_TX_FLUSH_INTERVAL;
+        let tx_flush_interval = match raw.tx_flush_interval_us {
+            None => datapath::txbatch::DEFAULT_TX_FLUSH_INTERVAL,
+            Some(us) if u128::from(us) <= max_flush.as_micros() => {
+                std::time::Duration::from_micros(us)
+            }
+            Some(us) => {
+                return Err(ConfigError::Field {
+                    path: path.into(),
+                    field: "tx_flush_interval_us",
+                    msg: format!("{us} is above {} (1 ms)", max_flush.as_micros()),
                 })
             }
         };
@@ -309,6 +327,7 @@ impl Config {
             threads,
             cores,
             poll_max_sleep,
+            tx_flush_interval,
             socket,
             metrics,
             flows: raw.flows,
@@ -536,6 +555,17 @@ key = 5000
         let c = Config::parse("", "n.toml").unwrap();
         assert!(c.poll_max_sleep.is_zero(), "busy polling by default");
         let e = Config::parse("poll_max_sleep_us = 20000\n", "n.toml").unwrap_err();
+        assert_eq!(
+            c.tx_flush_interval,
+            datapath::txbatch::DEFAULT_TX_FLUSH_INTERVAL
+        );
+        let t = Config::parse("tx_flush_interval_us = 0\n", "n.toml").unwrap();
+        assert!(t.tx_flush_interval.is_zero());
+        let f = Config::parse("tx_flush_interval_us = 5000\n", "n.toml").unwrap_err();
+        assert_eq!(
+            f.to_string(),
+            "n.toml: field tx_flush_interval_us: 5000 is above 1000 (1 ms)"
+        );
         assert_eq!(
             e.to_string(),
             "n.toml: field poll_max_sleep_us: 20000 is above 10000 (10 ms)"

@@ -64,6 +64,9 @@ struct Args {
     /// Longest nap of the poll thread under light load, in µs, for both switches: ferrovsd's `poll_max_sleep_us` and OVS's `other_config:pmd-maxsleep`. 0 (both defaults) busy-polls; e.g. 50: less CPU at light load, more latency
     #[arg(long, alias = "ferrovs-poll-max-sleep-us", default_value_t = 0)]
     poll_max_sleep_us: u64,
+    /// Longest an output frame may wait for more, in µs, for both switches: ferrovsd's `tx_flush_interval_us` (applied only above 200 kpps per poll thread) and OVS's `other_config:tx-flush-interval` (always applied). Default: each switch's own (ferrovs 20, OVS 0)
+    #[arg(long)]
+    tx_flush_interval_us: Option<u64>,
     /// Output directory (default bench/results/ferrovs-bench-<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -354,6 +357,7 @@ fn run(mut args: Args) -> Result<(), String> {
         core: args.core,
         work: work.clone(),
         poll_max_sleep_us: args.poll_max_sleep_us,
+        tx_flush_interval_us: args.tx_flush_interval_us,
     };
     let mut systems_list = Vec::new();
     for name in &args.systems {
@@ -426,7 +430,7 @@ fn run(mut args: Args) -> Result<(), String> {
     let total = plan.len() * tests.len();
     let header = format!(
         "Machine: {}.\nCommand: `ferrovs-bench {}`; {} s per UDP/TCP test (after {} ms warm-up), {} s per latency test; \
-         switch poll core {}, generators on CPU {}; {}.",
+         switch poll core {}, generators on CPU {}; {}; {}.",
         machine(),
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         args.secs,
@@ -441,6 +445,13 @@ fn run(mut args: Args) -> Result<(), String> {
                 "poll threads nap up to {} µs under light load (ferrovs poll_max_sleep_us, OVS pmd-maxsleep)",
                 args.poll_max_sleep_us
             )
+        },
+        match args.tx_flush_interval_us {
+            None => "output waits up to 20 µs in ferrovs above 200 kpps (its default), never in OVS (its default)"
+                .to_string(),
+            Some(us) => format!(
+                "output waits up to {us} µs in both (ferrovs tx_flush_interval_us above 200 kpps, OVS tx-flush-interval)"
+            ),
         }
     );
     eprintln!(
@@ -453,7 +464,7 @@ fn run(mut args: Args) -> Result<(), String> {
     let tck = traffic::clk_tck();
     let _ns = Namespaces::create().map_err(|e| e.to_string())?;
     let _ovs = if systems_list.contains(&System::Ovs) {
-        match OvsDaemon::start(args.core, args.poll_max_sleep_us) {
+        match OvsDaemon::start(args.core, args.poll_max_sleep_us, args.tx_flush_interval_us) {
             Ok(d) => Some(d),
             Err(e) => {
                 eprintln!("ferrovs-bench: skipping ovs: {e}");

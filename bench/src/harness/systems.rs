@@ -56,6 +56,10 @@ pub struct Env {
     /// Longest poll-thread nap in µs: ferrovsd's `poll_max_sleep_us`, OVS's
     /// `pmd-maxsleep` (0: busy polling, both defaults).
     pub poll_max_sleep_us: u64,
+    /// Longest output wait in µs for both switches: ferrovsd's
+    /// `tx_flush_interval_us` (under load only), OVS's `tx-flush-interval`.
+    /// `None`: each switch's default (ferrovs 20 µs under load, OVS 0).
+    pub tx_flush_interval_us: Option<u64>,
 }
 
 /// Why `sys` cannot run here, if it cannot.
@@ -95,9 +99,14 @@ pub struct OvsDaemon {
 
 impl OvsDaemon {
     /// Starts ovsdb-server and ovs-vswitchd unless running, with the PMD
-    /// on `core` and naps up to `max_sleep_us` (0: busy polling; set
-    /// either way, as the database keeps it from earlier runs).
-    pub fn start(core: usize, max_sleep_us: u64) -> Result<OvsDaemon, SystemError> {
+    /// on `core`, naps up to `max_sleep_us` (0: busy polling) and output
+    /// waiting up to `tx_flush_us` (None: OVS's default, 0); both set
+    /// either way, as the database keeps them from earlier runs.
+    pub fn start(
+        core: usize,
+        max_sleep_us: u64,
+        tx_flush_us: Option<u64>,
+    ) -> Result<OvsDaemon, SystemError> {
         let started = !ovs_running();
         let guard = OvsDaemon { started };
         if started {
@@ -112,6 +121,10 @@ impl OvsDaemon {
             ".",
             &format!("other_config:pmd-cpu-mask=0x{:x}", 1u64 << core),
             &format!("other_config:pmd-maxsleep={max_sleep_us}"),
+            &format!(
+                "other_config:tx-flush-interval={}",
+                tx_flush_us.unwrap_or(0)
+            ),
         ])?;
         Ok(guard)
     }
@@ -196,10 +209,14 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
     let running = match sys {
         System::Ferrovs => {
             let cfg = env.work.join("ferrovs.toml");
+            let tx_flush = env
+                .tx_flush_interval_us
+                .map(|us| format!("tx_flush_interval_us = {us}\n"))
+                .unwrap_or_default();
             write(
                 &cfg,
                 &format!(
-                    "bridge = \"{BRIDGE}\"\nthreads = 1\ncores = [{}]\npoll_max_sleep_us = {}\nsocket = \"{}\"\nflows = \"{}\"\n\n\
+                    "bridge = \"{BRIDGE}\"\nthreads = 1\ncores = [{}]\npoll_max_sleep_us = {}\n{tx_flush}socket = \"{}\"\nflows = \"{}\"\n\n\
                      [[port]]\nname = \"{LINK_A}\"\nofport = 1\n\n[[port]]\nname = \"{LINK_B}\"\nofport = 2\n",
                     env.core,
                     env.poll_max_sleep_us,

@@ -140,6 +140,7 @@ fn run() -> anyhow::Result<()> {
         cores: cfg.cores.clone(),
         conntrack: cfg.conntrack,
         max_sleep: cfg.poll_max_sleep,
+        tx_flush_interval: cfg.tx_flush_interval,
     })?;
     let mut daemon = Daemon::new(
         switch,
