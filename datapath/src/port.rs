@@ -79,6 +79,9 @@ pub struct KernelPortStats {
     pub invalid_descs: u64,
     /// Times the kernel found the TX ring empty when asked to send.
     pub tx_ring_empty: u64,
+    /// Times the switch woke the kernel to transmit (`sendto` calls); with
+    /// `tx_packets` it shows how many frames one wake-up sent.
+    pub tx_wakeups: u64,
 }
 
 impl KernelPortStats {

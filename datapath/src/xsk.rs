@@ -145,6 +145,7 @@ struct Counters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     tx_dropped: AtomicU64,
+    tx_wakeups: AtomicU64,
 }
 
 impl Counters {
@@ -293,6 +294,7 @@ impl Shared {
             rx_dropped: st.rx_dropped,
             invalid_descs: st.rx_invalid_descs + st.tx_invalid_descs,
             tx_ring_empty: st.tx_ring_empty_descs,
+            tx_wakeups: self.counters.tx_wakeups.load(Ordering::Relaxed),
         })
     }
 
@@ -953,6 +955,10 @@ impl XskTx {
     /// Returns whether the kernel has taken everything it can for now.
     fn kick(&mut self) -> bool {
         for _ in 0..MAX_KICKS {
+            self.shared
+                .counters
+                .tx_wakeups
+                .fetch_add(1, Ordering::Relaxed);
             // SAFETY: zero-length non-blocking send on our own socket; null
             // buffer and address are allowed with length 0.
             let r = unsafe {

@@ -628,8 +628,8 @@ impl Daemon {
             ));
             if let Some(k) = k {
                 out.push_str(&format!(
-                    "           xsk rx_ring_full={}, rx_fill_ring_empty={}, rx_dropped={}, invalid_descs={}, tx_ring_empty={}\n",
-                    k.rx_ring_full, k.rx_fill_empty, k.rx_dropped, k.invalid_descs, k.tx_ring_empty
+                    "           xsk rx_ring_full={}, rx_fill_ring_empty={}, rx_dropped={}, invalid_descs={}, tx_ring_empty={}, tx_wakeups={}\n",
+                    k.rx_ring_full, k.rx_fill_empty, k.rx_dropped, k.invalid_descs, k.tx_ring_empty, k.tx_wakeups
                 ));
             }
         }

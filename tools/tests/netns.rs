@@ -58,6 +58,14 @@ fn ping_and_tcp_between_two_namespaces() {
         ports.contains("xsk rx_ring_full=") && ports.contains("rx_fill_ring_empty="),
         "{ports}"
     );
+    // ... and how often the switch woke the kernel to transmit.
+    let wakeups: u64 = ports
+        .split("tx_wakeups=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(wakeups > 0, "{ports}");
 }
 
 #[test]
