@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bench::harness::gen::{self, rule_set};
 use bench::harness::systems::{self, Env, OvsDaemon};
 use bench::harness::topo::{self, Links, Namespaces, ENDPOINTS};
-use bench::harness::traffic::{self, Gen};
+use bench::harness::traffic::{self, Gen, MaxGen};
 use bench::harness::{latency, pace, report, stopped, Kind, Sample, System, Test};
 use clap::{Parser, Subcommand};
 
@@ -67,6 +67,9 @@ struct Args {
     /// Longest an output frame may wait for more, in µs, for both switches: ferrovsd's `tx_flush_interval_us` (applied only above 200 kpps per poll thread) and OVS's `other_config:tx-flush-interval` (always applied). Default: each switch's own (ferrovs 20, OVS 0)
     #[arg(long)]
     tx_flush_interval_us: Option<u64>,
+    /// Sender of the maximum-rate UDP tests: pace (the harness's AF_XDP sender without a rate limit, faster than either switch here) or trafgen (netsniff-ng; about as fast as the switches here, so it measures the sender)
+    #[arg(long, value_enum, default_value_t = MaxGen::Pace)]
+    max_gen: MaxGen,
     /// Output directory (default bench/results/ferrovs-bench-<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -333,10 +336,11 @@ fn run(mut args: Args) -> Result<(), String> {
         }
     }
     let mut tests = tests_of(&args);
-    for (tool, kind, pkg) in [
-        ("trafgen", "udp", "netsniff-ng"),
-        ("iperf3", "tcp", "iperf3"),
-    ] {
+    let udp_tool = match args.max_gen {
+        MaxGen::Trafgen => ("trafgen", "udp", "netsniff-ng"),
+        MaxGen::Pace => ("ip", "udp", "iproute2"),
+    };
+    for (tool, kind, pkg) in [udp_tool, ("iperf3", "tcp", "iperf3")] {
         if !traffic::have(tool) && tests.iter().any(|t| t.kind.name() == kind) {
             eprintln!("ferrovs-bench: {tool} not found (apt-get install {pkg}, or scripts/deps.sh): skipping the {kind} tests");
             tests.retain(|t| t.kind.name() != kind);
@@ -383,6 +387,7 @@ fn run(mut args: Args) -> Result<(), String> {
         cpus: cpus.join(","),
         exe: exe.display().to_string(),
         warmup: Duration::from_millis(if args.quick { 300 } else { 500 }),
+        max_gen: args.max_gen,
     };
     let out = match &args.out {
         Some(o) => o.clone(),
@@ -430,7 +435,7 @@ fn run(mut args: Args) -> Result<(), String> {
     let total = plan.len() * tests.len();
     let header = format!(
         "Machine: {}.\nCommand: `ferrovs-bench {}`; {} s per UDP/TCP test (after {} ms warm-up), {} s per latency test; \
-         switch poll core {}, generators on CPU {}; {}; {}.",
+         switch poll core {}, generators on CPU {}; {}; {}; UDP max from {}.",
         machine(),
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         args.secs,
@@ -452,6 +457,10 @@ fn run(mut args: Args) -> Result<(), String> {
             Some(us) => format!(
                 "output waits up to {us} µs in both (ferrovs tx_flush_interval_us above 200 kpps, OVS tx-flush-interval)"
             ),
+        },
+        match args.max_gen {
+            MaxGen::Pace => "`ferrovs-bench pace` without a rate limit",
+            MaxGen::Trafgen => "trafgen",
         }
     );
     eprintln!(

@@ -1,4 +1,5 @@
-//! The paced UDP generator for the fixed-rate tests: the harness's own
+//! The paced UDP generator for the fixed-rate tests, and by default for
+//! the maximum-rate tests too (rate 0: no limit): the harness's own
 //! AF_XDP sender, run in the sender namespace (`ferrovs-bench pace`).
 //!
 //! Why not `trafgen -b RATEpps`: trafgen's rate shaper sends RATE packets
@@ -26,6 +27,8 @@ use super::gen::{udp_frame, Endpoints, BASE_SPORT, FRAME_LEN};
 pub const MAX_BURST: u64 = 32;
 
 /// Even pacing at a fixed rate: how many frames are due at a given time.
+/// Rate 0 means no limit: [`MAX_BURST`] frames are always due (the
+/// maximum-rate tests).
 #[derive(Debug, Clone)]
 pub struct Pacer {
     rate: u64,
@@ -34,10 +37,11 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// A schedule of `rate` frames per second starting at elapsed time 0.
+    /// A schedule of `rate` frames per second starting at elapsed time 0
+    /// (0: as fast as frames can be sent).
     pub fn new(rate: u64) -> Pacer {
         Pacer {
-            rate: rate.max(1),
+            rate,
             sent: 0,
             skipped: 0,
         }
@@ -45,6 +49,9 @@ impl Pacer {
 
     /// Frames due now, `elapsed` after the start (at most [`MAX_BURST`]).
     pub fn due(&mut self, elapsed: Duration) -> u64 {
+        if self.rate == 0 {
+            return MAX_BURST;
+        }
         let target = (elapsed.as_nanos() * u128::from(self.rate) / 1_000_000_000) as u64;
         let behind = target.saturating_sub(self.sent + self.skipped);
         if behind > MAX_BURST {
@@ -71,6 +78,9 @@ impl Pacer {
 
     /// Time until the next frame is due, `elapsed` after the start.
     pub fn until_next(&self, elapsed: Duration) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
         let next = self.sent + self.skipped + 1;
         let at = Duration::from_nanos(
             (u128::from(next) * 1_000_000_000 / u128::from(self.rate)).min(u64::MAX as u128) as u64,
@@ -162,6 +172,17 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn rate_zero_is_unlimited() {
+        let mut p = Pacer::new(0);
+        for t in [0, 1, 1000] {
+            assert_eq!(p.due(ms(t)), MAX_BURST);
+            assert_eq!(p.until_next(ms(t)), Duration::ZERO);
+            p.sent(MAX_BURST);
+        }
+        assert_eq!((p.total_sent(), p.skipped()), (3 * MAX_BURST, 0));
     }
 
     #[test]

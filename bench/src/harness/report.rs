@@ -358,7 +358,7 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
         .filter(|t| matches!(t.kind, Kind::Udp(_)))
         .collect();
     if !udp.is_empty() {
-        out.push_str("## UDP, 64-byte frames\n\nFixed rates: evenly paced by `ferrovs-bench pace` (AF_XDP, at most 32 frames back to back); max: trafgen. The receiver has a bound, unread discard socket. Delivered Mpps at the receiver (loss %), CPU s per Mpkt.\n\n");
+        out.push_str("## UDP, 64-byte frames\n\nFixed rates: evenly paced by `ferrovs-bench pace` (AF_XDP, at most 32 frames back to back); max: as fast as the sender goes (the header says which sender; by default the same sender without a rate limit, so loss there is what the switch could not forward). The receiver has a bound, unread discard socket. Delivered Mpps at the receiver (loss %), CPU s per Mpkt.\n\n");
         hdr(
             &mut out,
             "rate | flows | rules",

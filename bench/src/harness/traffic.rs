@@ -234,12 +234,37 @@ pub struct Gen {
     pub exe: String,
     /// Warm-up before the measurement window.
     pub warmup: Duration,
+    /// The maximum-rate UDP sender.
+    pub max_gen: MaxGen,
+}
+
+/// Which sender the maximum-rate UDP tests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaxGen {
+    /// `ferrovs-bench pace` without a rate limit: AF_XDP, 32 frames per
+    /// `sendto`, about 0.75 Mpps here, more than either AF_XDP switch
+    /// forwards, so the switch is what is measured.
+    Pace,
+    /// trafgen (netsniff-ng) on its TX_RING path: about 0.5 Mpps here,
+    /// which both AF_XDP switches keep up with.
+    Trafgen,
+}
+
+impl MaxGen {
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxGen::Pace => "pace",
+            MaxGen::Trafgen => "trafgen",
+        }
+    }
 }
 
 /// UDP for `secs` after the warm-up: at a fixed `rate` with the paced
 /// AF_XDP sender ([`super::pace`], `flows` flows), or at maximum (`None`)
-/// with trafgen and `cfg` (its fast TX_RING path, which has no rate
-/// limit to be bursty about).
+/// with the sender [`Gen::max_gen`] names: the paced sender without a
+/// limit, or trafgen with `cfg` (its fast TX_RING path, which has no
+/// rate limit to be bursty about).
 #[allow(clippy::too_many_arguments)]
 pub fn udp(
     gen: &Gen,
@@ -258,29 +283,27 @@ pub fn udp(
         .as_millis()
         .to_string();
     let mut args = vec!["taskset", "-c", &gen.cpus];
-    let what = match rate {
-        Some(_) => {
-            args.extend_from_slice(&[
-                &gen.exe, "pace", "--dev", DEV, "--rate", &rate_s, "--flows", &flows_s, "--millis",
-                &millis,
-            ]);
-            "ferrovs-bench pace"
-        }
-        None => {
-            args.extend_from_slice(&[
-                "trafgen",
-                "-i",
-                &cfg,
-                "-o",
-                DEV,
-                "-P",
-                "1",
-                "--no-sock-mem",
-                "-Q",
-                "-C",
-            ]);
-            "trafgen"
-        }
+    // Rate 0 tells the paced sender to send as fast as it can.
+    let what = if rate.is_some() || gen.max_gen == MaxGen::Pace {
+        args.extend_from_slice(&[
+            &gen.exe, "pace", "--dev", DEV, "--rate", &rate_s, "--flows", &flows_s, "--millis",
+            &millis,
+        ]);
+        "ferrovs-bench pace"
+    } else {
+        args.extend_from_slice(&[
+            "trafgen",
+            "-i",
+            &cfg,
+            "-o",
+            DEV,
+            "-P",
+            "1",
+            "--no-sock-mem",
+            "-Q",
+            "-C",
+        ]);
+        "trafgen"
     };
     let port = super::gen::UDP_DPORT.to_string();
     let _sink = ChildGuard::spawn(
