@@ -1,8 +1,12 @@
 //! The exact-match flow cache: one per poll thread, in front of the
 //! pipeline.
 //!
-//! A direct-mapped table of [`EMC_SIZE`] slots keyed by the whole
-//! [`FlowKey`], each slot holding the datapath actions that translation
+//! A two-way table of [`EMC_SIZE`] slots keyed by the whole [`FlowKey`]:
+//! a key may sit in either of two slots picked by different bits of its
+//! hash (as in Open vSwitch's EMC), so two keys sharing one slot do not
+//! evict each other. (Direct-mapped, 2,000 active keys missed about one
+//! lookup in five here: 1,000 request/response flows through 8,192
+//! slots.) Each slot holds the datapath actions that translation
 //! produced for that key. An entry is valid only for the pipeline version
 //! (and, if it used `normal` or a select group with `affinity_timeout`, the
 //! generation of those learned tables) it was made with: the poll thread
@@ -271,26 +275,32 @@ impl Emc {
         hash: u32,
         bytes: u64,
     ) -> Option<(usize, u32)> {
-        let idx = hash as usize & (EMC_SIZE - 1);
-        let slot = &mut self.slots[idx];
-        let hit = if meta_zero {
-            slot.tag == hash as u64 | TAG_VALID | TAG_META_ZERO
-                && same_words(&slot.key, key, HEADER_WORDS)
-        } else {
-            slot.tag & !TAG_META_ZERO == hash as u64 | TAG_VALID
-                && same_words(&slot.key, key, KEY_WORDS)
-        };
-        if hit {
-            if slot.pending_packets == 0 {
-                self.dirty.push(idx as u32);
+        let holds = |slot: &Slot| {
+            if meta_zero {
+                slot.tag == hash as u64 | TAG_VALID | TAG_META_ZERO
+                    && same_words(&slot.key, key, HEADER_WORDS)
+            } else {
+                slot.tag & !TAG_META_ZERO == hash as u64 | TAG_VALID
+                    && same_words(&slot.key, key, KEY_WORDS)
             }
-            slot.pending_packets += 1;
-            slot.pending_bytes += bytes;
-            self.hits += 1;
-            return Some((idx, slot.fast_out));
+        };
+        let (first, second) = slots_of(hash);
+        let idx = if holds(&self.slots[first]) {
+            first
+        } else if holds(&self.slots[second]) {
+            second
+        } else {
+            self.misses += 1;
+            return None;
+        };
+        let slot = &mut self.slots[idx];
+        if slot.pending_packets == 0 {
+            self.dirty.push(idx as u32);
         }
-        self.misses += 1;
-        None
+        slot.pending_packets += 1;
+        slot.pending_bytes += bytes;
+        self.hits += 1;
+        Some((idx, slot.fast_out))
     }
 
     /// Counts more hits on slot `idx` without looking them up: the caller
@@ -327,7 +337,17 @@ impl Emc {
         now_ms: u64,
     ) -> usize {
         self.now_ms = now_ms;
-        let idx = hash as usize & (EMC_SIZE - 1);
+        // An empty slot of the two, else the one holding the lower hash
+        // (an arbitrary but even choice, as OVS makes).
+        let (first, second) = slots_of(hash);
+        let (a, b) = (&self.slots[first], &self.slots[second]);
+        let idx = if a.tag & TAG_VALID == 0 {
+            first
+        } else if b.tag & TAG_VALID == 0 || (b.tag as u32) < (a.tag as u32) {
+            second
+        } else {
+            first
+        };
         // The newest translation defines what is current: one made for
         // another pipeline version or MAC-table generation moves the
         // cache there (dropping what it holds for the old one).
@@ -384,6 +404,16 @@ impl Emc {
         }
         self.mac_slots.clear();
     }
+}
+
+/// The two slots a key with `hash` may occupy: its low bits, and the
+/// bits from 16 up.
+#[inline(always)]
+fn slots_of(hash: u32) -> (usize, usize) {
+    (
+        hash as usize & (EMC_SIZE - 1),
+        (hash >> 16) as usize & (EMC_SIZE - 1),
+    )
 }
 
 fn credit(slot: &mut Slot, now_ms: u64) {
@@ -517,6 +547,43 @@ mod tests {
             emc.lookup_synced(&kp, true, hp, 60).is_none(),
             "new version empties"
         );
+    }
+
+    #[test]
+    fn keys_sharing_a_slot_both_stay() {
+        let key = |p: u64| {
+            let mut k = FlowKey::ZERO;
+            k.set(Field::TpSrc, p);
+            k
+        };
+        // Keys whose first slots are all the same.
+        let home = slots_of(key_hash(&key(0))).0;
+        let same: Vec<u64> = (0..1_000_000u64)
+            .filter(|&p| slots_of(key_hash(&key(p))).0 == home)
+            .take(3)
+            .collect();
+        assert_eq!(same.len(), 3);
+        let flow = Arc::new(CachedFlow {
+            x: Xlation::default(),
+            version: 1,
+            mac_gen: 0,
+            ops: Vec::new(),
+            fast_out: NO_FAST_OUT,
+        });
+        let mut emc = Emc::new();
+        let (a, b) = (key(same[0]), key(same[1]));
+        emc.insert(&a, key_hash(&a), flow.clone(), 60, 0);
+        emc.insert(&b, key_hash(&b), flow.clone(), 60, 0);
+        assert!(emc.lookup(&a, key_hash(&a), 1, 0, 60).is_some(), "a kept");
+        assert!(emc.lookup(&b, key_hash(&b), 1, 0, 60).is_some(), "b kept");
+        // A third one evicts at most one of them.
+        let c = key(same[2]);
+        emc.insert(&c, key_hash(&c), flow, 60, 0);
+        let kept = [a, b, c]
+            .iter()
+            .filter(|k| emc.lookup(k, key_hash(k), 1, 0, 60).is_some())
+            .count();
+        assert!(kept >= 2, "{kept} of 3 kept");
     }
 
     #[test]
