@@ -444,6 +444,18 @@ mod tests {
     use flows::pipeline::FlowStats;
     use std::sync::atomic::Ordering;
 
+    /// A cached translation `x` made for pipeline `version` and MAC-table
+    /// generation `mac_gen`, with no compiled actions.
+    fn cached(x: Xlation, version: u64, mac_gen: u64) -> Arc<CachedFlow> {
+        Arc::new(CachedFlow {
+            x,
+            version,
+            mac_gen,
+            ops: Vec::new(),
+            fast_out: NO_FAST_OUT,
+        })
+    }
+
     #[test]
     fn header_only_hash_and_compare_agree_with_full() {
         let mut k = FlowKey::ZERO;
@@ -453,13 +465,7 @@ mod tests {
         assert_eq!(key_hash(&k), key_hash_meta(&k, true));
         let mut emc = Emc::new();
         let h = key_hash(&k);
-        let flow = Arc::new(CachedFlow {
-            x: Xlation::default(),
-            version: 1,
-            mac_gen: 0,
-            ops: Vec::new(),
-            fast_out: NO_FAST_OUT,
-        });
+        let flow = cached(Xlation::default(), 1, 0);
         emc.insert(&k, h, flow, 60, 0);
         assert!(emc.lookup_meta(&k, true, h, 1, 0, 60).is_some());
         // Same header words, a register set: a different key, never a hit
@@ -482,19 +488,7 @@ mod tests {
             flows: vec![stats.clone()],
             ..Xlation::default()
         };
-        emc.insert(
-            &k,
-            h,
-            Arc::new(CachedFlow {
-                x,
-                version: 1,
-                mac_gen: 0,
-                ops: Vec::new(),
-                fast_out: NO_FAST_OUT,
-            }),
-            60,
-            0,
-        );
+        emc.insert(&k, h, cached(x, 1, 0), 60, 0);
         assert!(emc.lookup(&k, h, 1, 0, 60).is_some());
         assert!(
             emc.lookup(&k, h, 2, 0, 60).is_none(),
@@ -519,14 +513,7 @@ mod tests {
                 uses_mac_table,
                 ..Xlation::default()
             };
-            let flow = Arc::new(CachedFlow {
-                x,
-                version: 1,
-                mac_gen: 7,
-                ops: Vec::new(),
-                fast_out: NO_FAST_OUT,
-            });
-            emc.insert(&k, h, flow, 60, 0);
+            emc.insert(&k, h, cached(x, 1, 7), 60, 0);
             (k, h)
         };
         let (km, hm) = entry(&mut emc, 1, true);
@@ -563,13 +550,7 @@ mod tests {
             .take(3)
             .collect();
         assert_eq!(same.len(), 3);
-        let flow = Arc::new(CachedFlow {
-            x: Xlation::default(),
-            version: 1,
-            mac_gen: 0,
-            ops: Vec::new(),
-            fast_out: NO_FAST_OUT,
-        });
+        let flow = cached(Xlation::default(), 1, 0);
         let mut emc = Emc::new();
         let (a, b) = (key(same[0]), key(same[1]));
         emc.insert(&a, key_hash(&a), flow.clone(), 60, 0);

@@ -71,6 +71,23 @@ fn establish(a: &mut SimPod, ha: SocketHandle, b: &mut SimPod, hb: SocketHandle)
     establish_on(None, a, ha, b, hb)
 }
 
+/// Trunk pods 10.0.0.1 (port 1) and 10.0.0.2 (port 2) on `sw` with
+/// `flows`, and a TCP connection from pod1's `sport` to pod2's port 80:
+/// (pod1, its client socket, pod2, its server socket).
+fn connected_pods(
+    sw: &Switch,
+    flows: &[&str],
+    sport: u16,
+) -> (SimPod, SocketHandle, SimPod, SocketHandle) {
+    let mut p1 = SimPod::attach(sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
+    let mut p2 = SimPod::attach(sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
+    add(sw, flows);
+    let server = p2.tcp_listen(80);
+    let client = p1.tcp_connect(p2.ip, 80, sport);
+    establish(&mut p1, client, &mut p2, server);
+    (p1, client, p2, server)
+}
+
 /// [`establish`], printing the switch's state if it fails.
 fn establish_on(
     sw: Option<&Switch>,
@@ -148,12 +165,7 @@ fn tcp_through_a_napping_poll_thread() {
         ..SwitchConfig::default()
     })
     .unwrap();
-    let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
-    let mut p2 = SimPod::attach(&sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
-    add(&sw, &["actions=normal"]);
-    let server = p2.tcp_listen(80);
-    let client = p1.tcp_connect(p2.ip, 80, 40000);
-    establish(&mut p1, client, &mut p2, server);
+    let (mut p1, client, mut p2, server) = connected_pods(&sw, &["actions=normal"], 40000);
     let data = payload(64 * 1024, 3);
     let got = transfer(&mut p1, client, &mut p2, server, &data);
     assert!(got == data, "64 KB intact through a napping poll thread");
@@ -162,13 +174,7 @@ fn tcp_through_a_napping_poll_thread() {
 #[test]
 fn tcp_handshake_and_data_through_normal() {
     let sw = start();
-    let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
-    let mut p2 = SimPod::attach(&sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
-    add(&sw, &["actions=normal"]);
-
-    let server = p2.tcp_listen(80);
-    let client = p1.tcp_connect(p2.ip, 80, 40000);
-    establish(&mut p1, client, &mut p2, server);
+    let (mut p1, client, mut p2, server) = connected_pods(&sw, &["actions=normal"], 40000);
     assert_eq!(
         p2.tcp(server).remote_endpoint(),
         Some(IpEndpoint::new(IpAddress::Ipv4(p1.ip), 40000))
@@ -207,12 +213,7 @@ fn tcp_through_two_poll_threads() {
         ..SwitchConfig::default()
     })
     .unwrap();
-    let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
-    let mut p2 = SimPod::attach(&sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
-    add(&sw, FIREWALL);
-    let server = p2.tcp_listen(80);
-    let client = p1.tcp_connect(p2.ip, 80, 40002);
-    establish(&mut p1, client, &mut p2, server);
+    let (mut p1, client, mut p2, server) = connected_pods(&sw, FIREWALL, 40002);
     let data = payload(64 * 1024, 3);
     assert!(transfer(&mut p1, client, &mut p2, server, &data) == data);
     assert!(transfer(&mut p2, server, &mut p1, client, &data) == data);
@@ -230,14 +231,8 @@ const FIREWALL: &[&str] = &[
 #[test]
 fn conntrack_firewall_allows_replies_only() {
     let sw = start();
-    let mut p1 = SimPod::attach(&sw, 1, "pod1", ip("10.0.0.1"), VlanMode::Trunk);
-    let mut p2 = SimPod::attach(&sw, 2, "pod2", ip("10.0.0.2"), VlanMode::Trunk);
-    add(&sw, FIREWALL);
-
     // Allowed direction: handshake, data, replies.
-    let server = p2.tcp_listen(80);
-    let client = p1.tcp_connect(p2.ip, 80, 40001);
-    establish(&mut p1, client, &mut p2, server);
+    let (mut p1, client, mut p2, server) = connected_pods(&sw, FIREWALL, 40001);
     let data = payload(20 * 1024, 1);
     assert!(transfer(&mut p1, client, &mut p2, server, &data) == data);
     let back = payload(5000, 2);
