@@ -17,6 +17,7 @@ use bench::harness::topo::{self, Links, Namespaces, ENDPOINTS};
 use bench::harness::traffic::{self, Gen, MaxGen};
 use bench::harness::{latency, pace, report, stopped, Kind, Sample, System, Test};
 use clap::{Parser, Subcommand};
+use datapath::txbatch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -336,11 +337,11 @@ fn run(mut args: Args) -> Result<(), String> {
         }
     }
     let mut tests = tests_of(&args);
-    let udp_tool = match args.max_gen {
-        MaxGen::Trafgen => ("trafgen", "udp", "netsniff-ng"),
-        MaxGen::Pace => ("ip", "udp", "iproute2"),
-    };
-    for (tool, kind, pkg) in [udp_tool, ("iperf3", "tcp", "iperf3")] {
+    let mut tools = vec![("iperf3", "tcp", "iperf3")];
+    if args.max_gen == MaxGen::Trafgen {
+        tools.push(("trafgen", "udp", "netsniff-ng"));
+    }
+    for (tool, kind, pkg) in tools {
         if !traffic::have(tool) && tests.iter().any(|t| t.kind.name() == kind) {
             eprintln!("ferrovs-bench: {tool} not found (apt-get install {pkg}, or scripts/deps.sh): skipping the {kind} tests");
             tests.retain(|t| t.kind.name() != kind);
@@ -452,10 +453,14 @@ fn run(mut args: Args) -> Result<(), String> {
             )
         },
         match args.tx_flush_interval_us {
-            None => "output waits up to 20 µs in ferrovs above 200 kpps (its default), never in OVS (its default)"
-                .to_string(),
+            None => format!(
+                "output waits up to {} µs in ferrovs above {} kpps (its default), never in OVS (its default)",
+                txbatch::DEFAULT_TX_FLUSH_INTERVAL.as_micros(),
+                1_000_000 / txbatch::LOADED_NS_PER_FRAME
+            ),
             Some(us) => format!(
-                "output waits up to {us} µs in both (ferrovs tx_flush_interval_us above 200 kpps, OVS tx-flush-interval)"
+                "output waits up to {us} µs in both (ferrovs tx_flush_interval_us above {} kpps, OVS tx-flush-interval)",
+                1_000_000 / txbatch::LOADED_NS_PER_FRAME
             ),
         },
         match args.max_gen {

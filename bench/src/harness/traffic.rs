@@ -250,16 +250,6 @@ pub enum MaxGen {
     Trafgen,
 }
 
-impl MaxGen {
-    /// Name as on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            MaxGen::Pace => "pace",
-            MaxGen::Trafgen => "trafgen",
-        }
-    }
-}
-
 /// UDP for `secs` after the warm-up: at a fixed `rate` with the paced
 /// AF_XDP sender ([`super::pace`], `flows` flows), or at maximum (`None`)
 /// with the sender [`Gen::max_gen`] names: the paced sender without a
