@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -195,6 +195,9 @@ pub struct ThreadStats {
     pub idle_ns: AtomicU64,
     /// Nanoseconds asleep: naps and waits for frames.
     pub asleep_ns: AtomicU64,
+    /// The thread's niceness, as the kernel reports it once the thread
+    /// has started (see [`crate::switch::SwitchConfig::poll_nice`]).
+    pub nice: AtomicI32,
 }
 
 /// State shared by the management side and every poll thread.

@@ -1557,6 +1557,24 @@ impl Worker {
     }
 }
 
+/// Gives poll thread `id` (the calling thread) niceness `nice` if set,
+/// warning if the kernel refuses, and records the niceness it runs at.
+pub fn set_nice(id: usize, nice: Option<i32>, stats: &ThreadStats) {
+    if let Some(n) = nice {
+        if let Err(e) = crate::xsk::set_current_thread_nice(n) {
+            tracing::warn!(
+                thread = id,
+                nice = n,
+                "cannot set the poll thread's niceness ({e}; lowering it needs CAP_SYS_NICE): \
+                 other work on its core may delay it"
+            );
+        }
+    }
+    stats
+        .nice
+        .store(crate::xsk::current_thread_nice(), Ordering::Relaxed);
+}
+
 /// Pins the calling thread to CPU `core` (best effort).
 pub fn pin_to_core(core: usize) {
     crate::xsk::pin_current_thread(core);

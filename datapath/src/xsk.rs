@@ -459,6 +459,27 @@ pub fn set_current_thread_timer_slack(ns: u64) {
     }
 }
 
+/// Sets the calling thread's niceness (-20..19; Linux keeps it per
+/// thread). Lowering it below the current value needs `CAP_SYS_NICE`.
+pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes plain integers; PRIO_PROCESS with id 0 is
+    // the calling thread on Linux. No memory is passed.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's niceness.
+pub fn current_thread_nice() -> i32 {
+    // SAFETY: getpriority takes plain integers; PRIO_PROCESS with id 0 is
+    // the calling thread on Linux. It cannot fail for the calling thread,
+    // and -1 is a valid niceness, so errno is not consulted.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
 /// Raises RLIMIT_MEMLOCK so older kernels can pin the UMEM. Failure is not
 /// fatal: kernels since 5.11 account the memory to the cgroup instead.
 fn raise_memlock() {
@@ -1144,6 +1165,19 @@ mod tests {
             e.to_string(),
             "veth-a: bind AF_XDP socket (native mode): Device or resource busy"
         );
+    }
+
+    #[test]
+    fn thread_nice_is_per_thread() {
+        let before = current_thread_nice();
+        let inside = std::thread::spawn(move || {
+            set_current_thread_nice(before + 7).unwrap();
+            current_thread_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, before + 7);
+        assert_eq!(current_thread_nice(), before, "other threads keep theirs");
     }
 
     #[test]

@@ -108,6 +108,23 @@ fn poll_time_split_busy_idle_asleep() {
     );
 }
 
+/// Poll threads take the configured niceness (raising it needs no
+/// privilege), and `stats` reports what each runs at.
+#[test]
+fn poll_threads_run_at_configured_niceness() {
+    let sw = Switch::start(&SwitchConfig {
+        threads: 2,
+        poll_nice: Some(5),
+        ..SwitchConfig::default()
+    })
+    .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while sw.stats().poll_nice != [5, 5] && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sw.stats().poll_nice, [5, 5]);
+}
+
 #[test]
 fn flow_change_takes_effect_without_flush() {
     let sw = Switch::start(&SwitchConfig::default()).unwrap();

@@ -6,6 +6,7 @@
 //! cores = [1]            # optional CPU pinning, one entry per thread
 //! poll_max_sleep_us = 50 # optional naps under light load (default 0: busy polling)
 //! tx_flush_interval_us = 20 # optional: longest output wait under load (0: never wait)
+//! poll_nice = -10        # optional niceness of the poll threads (default -10, as OVS)
 //! socket = "/run/ferrovs/br0.sock"
 //! metrics = "127.0.0.1:9477"   # optional Prometheus endpoint
 //! flows = "/etc/ferrovs/flows.txt"  # optional, installed at start
@@ -91,6 +92,7 @@ struct RawConfig {
     cores: Option<Vec<usize>>,
     poll_max_sleep_us: Option<u64>,
     tx_flush_interval_us: Option<u64>,
+    poll_nice: Option<i32>,
     socket: Option<PathBuf>,
     metrics: Option<String>,
     flows: Option<PathBuf>,
@@ -182,6 +184,8 @@ pub struct Config {
     pub poll_max_sleep: std::time::Duration,
     /// Longest a frame waits for more output under load (0: never).
     pub tx_flush_interval: std::time::Duration,
+    /// Niceness of the poll threads.
+    pub poll_nice: i32,
     /// Management socket.
     pub socket: PathBuf,
     /// Prometheus endpoint.
@@ -261,6 +265,17 @@ impl Config {
                 })
             }
         };
+        let poll_nice = match raw.poll_nice {
+            None => datapath::switch::DEFAULT_POLL_NICE,
+            Some(n) if (-20..=19).contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError::Field {
+                    path: path.into(),
+                    field: "poll_nice",
+                    msg: format!("{n} is outside -20..19"),
+                })
+            }
+        };
         let metrics = match raw.metrics {
             None => None,
             Some(m) => Some(m.parse().map_err(|_| ConfigError::Field {
@@ -328,6 +343,7 @@ impl Config {
             cores,
             poll_max_sleep,
             tx_flush_interval,
+            poll_nice,
             socket,
             metrics,
             flows: raw.flows,
@@ -569,6 +585,29 @@ key = 5000
         assert_eq!(
             e.to_string(),
             "n.toml: field poll_max_sleep_us: 20000 is above 10000 (10 ms)"
+        );
+    }
+
+    #[test]
+    fn poll_nice() {
+        let c = Config::parse("", "n.toml").unwrap();
+        assert_eq!(c.poll_nice, -10, "OVS's niceness by default");
+        let c = Config::parse(
+            "poll_nice = 0
+",
+            "n.toml",
+        )
+        .unwrap();
+        assert_eq!(c.poll_nice, 0);
+        let e = Config::parse(
+            "poll_nice = -21
+",
+            "n.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "n.toml: field poll_nice: -21 is outside -20..19"
         );
     }
 

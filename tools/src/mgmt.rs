@@ -688,10 +688,16 @@ pub fn format_stats(s: &datapath::switch::SwitchStats) -> String {
         .busy_ns
         .checked_div(s.packets)
         .map_or_else(|| "-".to_string(), |ns| format!("{ns} ns"));
+    let nice = s
+        .poll_nice
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut out = format!(
         "packets: {}\nflow cache: hits={} misses={}\nupcalls: {}\ncontroller punts: {}\nreplies sent: {}\nidle sleeps: {}\n\
          poll time: busy={:.3} s ({share:.1}%), idle={:.3} s, asleep={:.3} s\nbusy time per packet: {per_packet}\n\
-         conntrack entries: {}\ndrops:\n",
+         poll thread niceness: {nice}\nconntrack entries: {}\ndrops:\n",
         s.packets,
         s.emc_hits,
         s.emc_misses,
@@ -739,6 +745,7 @@ mod tests {
             idle_ns: 10_000_000,
             asleep_ns: 2_500_000_000,
             drops: vec![("no_port", 3)],
+            poll_nice: vec![-10, -10],
             ..SwitchStats::default()
         };
         let text = format_stats(&s);
@@ -747,6 +754,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("busy time per packet: 990 ns\n"), "{text}");
+        assert!(text.contains("poll thread niceness: -10 -10\n"), "{text}");
         assert!(text.ends_with("drops:\n  no_port: 3\n"), "{text}");
         // Nothing polled yet: no division by zero.
         let idle = format_stats(&SwitchStats::default());

@@ -141,6 +141,7 @@ fn run() -> anyhow::Result<()> {
         conntrack: cfg.conntrack,
         max_sleep: cfg.poll_max_sleep,
         tx_flush_interval: cfg.tx_flush_interval,
+        poll_nice: Some(cfg.poll_nice),
     })?;
     let mut daemon = Daemon::new(
         switch,
