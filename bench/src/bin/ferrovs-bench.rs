@@ -436,7 +436,8 @@ fn run(mut args: Args) -> Result<(), String> {
     let total = plan.len() * tests.len();
     let header = format!(
         "Machine: {}.\nCommand: `ferrovs-bench {}`; {} s per UDP/TCP test (after {} ms warm-up), {} s per latency test; \
-         switch poll core {}, generators on CPU {}; {}; {}; UDP max from {}.",
+         switch poll core {}, generators on CPU {}; each switch daemon in a session of its own, poll thread at nice {} \
+         (ferrovsd poll_nice, ovs-ctl's default); {}; {}; UDP max from {}.",
         machine(),
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         args.secs,
@@ -444,6 +445,7 @@ fn run(mut args: Args) -> Result<(), String> {
         args.latency_secs,
         args.core,
         gen_cfg.cpus,
+        datapath::switch::DEFAULT_POLL_NICE,
         if args.poll_max_sleep_us == 0 {
             "both switches busy-poll".to_string()
         } else {

@@ -231,11 +231,8 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
             })?;
             let ferrovsd = env.ferrovsd.display().to_string();
             let cfg_s = cfg.display().to_string();
-            let mut child = ChildGuard::spawn(
-                None,
-                &["env", "RUST_LOG=warn", &ferrovsd, "-c", &cfg_s],
-                Some(log),
-            )?;
+            let mut child =
+                ChildGuard::spawn_daemon(&["env", "RUST_LOG=warn", &ferrovsd, "-c", &cfg_s], log)?;
             std::thread::sleep(Duration::from_millis(300));
             if child.exited() {
                 return Err(SystemError::Exited {

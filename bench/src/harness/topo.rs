@@ -130,22 +130,49 @@ impl ChildGuard {
             v.extend_from_slice(&["ip", "netns", "exec", ns]);
         }
         v.extend_from_slice(args);
+        Self::launch(&v, true, stdout, stderr)
+    }
+
+    /// Spawns a switch daemon in a session of its own (`setsid`), as a
+    /// service manager or `ovs-ctl` starts one. The scheduler's
+    /// autogroups then weigh the daemon's threads apart from the
+    /// harness's traffic generators, as it weighs `ovs-vswitchd`'s.
+    /// Stdout is discarded.
+    pub fn spawn_daemon(args: &[&str], stderr: std::fs::File) -> Result<ChildGuard, CmdError> {
+        let mut v = vec!["setsid"];
+        v.extend_from_slice(args);
+        // Not a group leader, so setsid(1) makes the child itself the
+        // leader of the new session and process group: the group
+        // signals below reach it.
+        Self::launch(&v, false, Stdio::null(), Some(stderr))
+    }
+
+    fn launch(
+        v: &[&str],
+        own_group: bool,
+        stdout: Stdio,
+        stderr: Option<std::fs::File>,
+    ) -> Result<ChildGuard, CmdError> {
         let (prog, rest) = v.split_first().ok_or_else(|| CmdError::Failed {
             cmd: String::new(),
             code: None,
             stderr: "empty command".into(),
         })?;
-        // Own process group: signals reach the whole tree (trafgen forks
-        // its workers; a signal to the parent alone leaves them running).
-        let child = Command::new(prog)
+        let mut cmd = Command::new(prog);
+        if own_group {
+            // Own process group: signals reach the whole tree (trafgen
+            // forks its workers; a signal to the parent alone leaves them
+            // running).
+            cmd.process_group(0);
+        }
+        let child = cmd
             .args(rest)
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr.map_or(Stdio::null(), Stdio::from))
             .spawn()
             .map_err(|source| CmdError::Spawn {
-                cmd: line(&v),
+                cmd: line(v),
                 source,
             })?;
         Ok(ChildGuard(child))
@@ -157,9 +184,11 @@ impl ChildGuard {
     }
 
     /// Sends a signal by name (`INT`, `TERM`, `KILL`) with kill(1) to
-    /// the child's process group.
+    /// the child's process group, and to the child itself (a daemon
+    /// signalled before `setsid` made its group has none yet).
     pub fn signal(&self, sig: &str) {
-        run_quiet(&["kill", &format!("-{sig}"), "--", &format!("-{}", self.id())]);
+        let pid = self.id().to_string();
+        run_quiet(&["kill", &format!("-{sig}"), "--", &format!("-{pid}"), &pid]);
     }
 
     /// Whether it has exited.
