@@ -389,6 +389,7 @@ fn run(mut args: Args) -> Result<(), String> {
         exe: exe.display().to_string(),
         warmup: Duration::from_millis(if args.quick { 300 } else { 500 }),
         max_gen: args.max_gen,
+        logs: work.clone(),
     };
     let out = match &args.out {
         Some(o) => o.clone(),

@@ -195,12 +195,6 @@ fn write(path: &Path, text: &str) -> Result<(), SystemError> {
     })
 }
 
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join(" / ")
-}
-
 /// Starts `sys` on fresh links with `rules` (ovs-ofctl syntax; ignored by
 /// the bridge) and waits until a ping goes through.
 pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError> {
@@ -237,7 +231,7 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
             if child.exited() {
                 return Err(SystemError::Exited {
                     what: "ferrovsd",
-                    log: tail(&log_path),
+                    log: topo::log_tail(&log_path),
                 });
             }
             Running::Ferrovs(child)
@@ -308,7 +302,7 @@ pub fn start(sys: System, env: &Env, rules: &str) -> Result<Running, SystemError
         if matches!(running, Running::Ferrovs(_)) {
             return Err(SystemError::Exited {
                 what: "ferrovsd (or no connectivity through it)",
-                log: tail(&env.work.join("ferrovsd.log")),
+                log: topo::log_tail(&env.work.join("ferrovsd.log")),
             });
         }
         return Err(SystemError::NoConnectivity(sys.name()));

@@ -102,6 +102,14 @@ pub fn run_in(ns: &str, args: &[&str]) -> Result<String, CmdError> {
     run(&v)
 }
 
+/// The last five lines of a log file, joined with " / " (empty if the
+/// file is missing).
+pub fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" / ")
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
 pub struct ChildGuard(pub Child);

@@ -236,6 +236,8 @@ pub struct Gen {
     pub warmup: Duration,
     /// The maximum-rate UDP sender.
     pub max_gen: MaxGen,
+    /// Directory for the senders' stderr, quoted when one fails.
+    pub logs: PathBuf,
 }
 
 /// Which sender the maximum-rate UDP tests use.
@@ -303,14 +305,22 @@ pub fn udp(
         ],
         None,
     )?;
-    let mut child = ChildGuard::spawn(Some(NS_SND), &args, None)?;
+    let err_path = gen.logs.join("udp-sender.err");
+    let err_file = std::fs::File::create(&err_path)
+        .map_err(|e| parse_err(what, format!("{}: {e}", err_path.display())))?;
+    let mut child = ChildGuard::spawn(Some(NS_SND), &args, Some(err_file))?;
     if !sleep_unless_stopped(gen.warmup) {
         return Err(TrafficError::Interrupted);
     }
     if child.exited() {
+        let why = super::topo::log_tail(&err_path);
         return Err(parse_err(
             what,
-            format!("exited early (see: ip netns exec {NS_SND} {what} ...)"),
+            if why.is_empty() {
+                format!("exited early, saying nothing (ip netns exec {NS_SND} {what} ...)")
+            } else {
+                format!("exited early: {why}")
+            },
         ));
     }
     let m = Meter::start(probe, tck)?;
