@@ -275,8 +275,35 @@ fn cell(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.prec$}"))
 }
 
-fn ratio_cell(r: Option<f64>) -> String {
-    r.map_or("-".to_string(), |r| format!("{r:.2}x"))
+/// The ferrovs/OVS ratio of the medians of `f` in test `t`, marked `≈`
+/// when the two systems' rounds overlap: some round of each beats some
+/// round of the other, so the difference is within the run's spread.
+/// (Unmarked with three rounds each: every round of one system beat
+/// every round of the other, which chance alone gives one time in ten.)
+fn ratio_cell(samples: &[Sample], t: Test, f: impl Fn(&Sample) -> Option<f64>) -> String {
+    let rounds = |sys: System| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| s.test == Some(t) && s.system == Some(sys) && s.error.is_none())
+            .filter_map(&f)
+            .filter(|v| v.is_finite())
+            .collect()
+    };
+    let (a, b) = (rounds(System::Ferrovs), rounds(System::Ovs));
+    let Some(r) = ratio(median(&a), median(&b)) else {
+        return "-".to_string();
+    };
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let ((a0, a1), (b0, b1)) = (range(&a), range(&b));
+    if a.len() > 1 && b.len() > 1 && a0 <= b1 && b0 <= a1 {
+        format!("≈{r:.2}x")
+    } else {
+        format!("{r:.2}x")
+    }
 }
 
 fn test_cell(t: &Test) -> String {
@@ -312,7 +339,8 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
          as each switch counts it (ferrovs `stats`, OVS `dpif-netdev/pmd-perf-show`), per \
          million packets: what forwarding costs when busy polling makes the CPU figure \
          one core whatever the load. Ratios are ferrovs/OVS (pps, Gbit/s: higher is better; \
-         CPU, busy, latency: lower is better).\n"
+         CPU, busy, latency: lower is better); a ratio marked ≈ is within the spread \
+         of the rounds (some round of each system beat some round of the other).\n"
     );
     // Busy time exists only for the switches with a poll thread.
     let pollers: Vec<System> = systems.iter().copied().filter(|s| s.has_rules()).collect();
@@ -345,12 +373,6 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
         }
     };
     let busy_cell = |t: Test, s: System| cell(get(t, s).and_then(|x| x.busy_per_mpkt), 2);
-    let fo = |t: Test, f: &dyn Fn(&Summary) -> Option<f64>| {
-        ratio(
-            get(t, System::Ferrovs).and_then(f),
-            get(t, System::Ovs).and_then(f),
-        )
-    };
 
     let udp: Vec<Test> = rows
         .iter()
@@ -384,9 +406,9 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             for s in &pollers {
                 cols.push(busy_cell(*t, *s));
             }
-            cols.push(ratio_cell(fo(*t, &|x| x.pps)));
-            cols.push(ratio_cell(fo(*t, &|x| x.cpu_per_mpkt)));
-            cols.push(ratio_cell(fo(*t, &|x| x.busy_per_mpkt)));
+            cols.push(ratio_cell(samples, *t, Sample::pps));
+            cols.push(ratio_cell(samples, *t, Sample::cpu_per_mpkt));
+            cols.push(ratio_cell(samples, *t, Sample::busy_per_mpkt));
             let _ = writeln!(out, "| {} |", cols.join(" | "));
         }
         out.push('\n');
@@ -416,9 +438,9 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
             for s in &pollers {
                 cols.push(busy_cell(*t, *s));
             }
-            cols.push(ratio_cell(fo(*t, &|x| x.gbps)));
-            cols.push(ratio_cell(fo(*t, &|x| x.cpu_per_mpkt)));
-            cols.push(ratio_cell(fo(*t, &|x| x.busy_per_mpkt)));
+            cols.push(ratio_cell(samples, *t, |x| x.gbps));
+            cols.push(ratio_cell(samples, *t, Sample::cpu_per_mpkt));
+            cols.push(ratio_cell(samples, *t, Sample::busy_per_mpkt));
             let _ = writeln!(out, "| {} |", cols.join(" | "));
         }
         out.push('\n');
@@ -445,8 +467,8 @@ pub fn markdown(samples: &[Sample], header: &str) -> String {
                     None => "-".into(),
                 });
             }
-            cols.push(ratio_cell(fo(*t, &|x| x.p50_us)));
-            cols.push(ratio_cell(fo(*t, &|x| x.p99_us)));
+            cols.push(ratio_cell(samples, *t, |x| x.p50_us));
+            cols.push(ratio_cell(samples, *t, |x| x.p99_us));
             let _ = writeln!(out, "| {} |", cols.join(" | "));
         }
         out.push('\n');
@@ -828,6 +850,38 @@ mod tests {
         );
         assert!(md.contains("- ovs, udp max, 1k flows, 10k rules: 1 failed round(s)"));
         assert!(!md.contains("## TCP"));
+    }
+
+    #[test]
+    fn ratios_within_the_spread_are_marked() {
+        let lat = Test {
+            kind: Kind::Latency,
+            flows: 1,
+            rules: Some(10),
+        };
+        let rtt = |round, sys, p50, p99| Sample {
+            round,
+            system: Some(sys),
+            test: Some(lat),
+            secs: 1.0,
+            rtts: 10_000,
+            p50_us: Some(p50),
+            p99_us: Some(p99),
+            ..Sample::default()
+        };
+        // p50: ferrovs 40 and 60 against OVS 50 and 70 overlap; p99: every
+        // ferrovs round below every OVS round.
+        let v = vec![
+            rtt(1, System::Ferrovs, 40.0, 90.0),
+            rtt(1, System::Ovs, 50.0, 100.0),
+            rtt(2, System::Ferrovs, 60.0, 95.0),
+            rtt(2, System::Ovs, 70.0, 110.0),
+        ];
+        assert_eq!(ratio_cell(&v, lat, |x| x.p50_us), "≈0.83x");
+        assert_eq!(ratio_cell(&v, lat, |x| x.p99_us), "0.88x");
+        // One round each: no spread to compare with.
+        assert_eq!(ratio_cell(&v[..2], lat, |x| x.p50_us), "0.80x");
+        assert_eq!(ratio_cell(&v[..1], lat, |x| x.p50_us), "-");
     }
 
     #[test]
