@@ -305,18 +305,28 @@ fn progress(done: usize, total: usize, t: &Test, s: &Session) {
     }
 }
 
+/// Writes results.csv, then the report and chart from what the CSV holds,
+/// so `render` redraws them to the digit.
 fn write_outputs(out: &Path, samples: &[Sample], header: &str) -> Result<(), String> {
-    let w = |name: &str, text: String| {
-        std::fs::write(out.join(name), text)
-            .map_err(|e| format!("writing {}: {e}", out.join(name).display()))
-    };
-    w("results.csv", report::csv(samples))?;
-    w("report.md", report::markdown(samples, header))?;
-    w(
+    let text = report::csv(samples);
+    write_file(out, "results.csv", &text)?;
+    let stored = report::parse_csv(&text).map_err(|e| format!("results.csv: {e}"))?;
+    write_report(out, &stored, header)
+}
+
+/// Writes report.md and chart.svg.
+fn write_report(out: &Path, samples: &[Sample], header: &str) -> Result<(), String> {
+    write_file(out, "report.md", &report::markdown(samples, header))?;
+    write_file(
+        out,
         "chart.svg",
-        report::svg(samples, "ferrovs vs Open vSwitch vs Linux bridge"),
-    )?;
-    Ok(())
+        &report::svg(samples, "ferrovs vs Open vSwitch vs Linux bridge"),
+    )
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    std::fs::write(dir.join(name), text)
+        .map_err(|e| format!("writing {}: {e}", dir.join(name).display()))
 }
 
 fn run(mut args: Args) -> Result<(), String> {
@@ -601,7 +611,7 @@ fn render(dir: &Path) -> Result<(), String> {
         .take_while(|l| !l.starts_with("Median of"))
         .collect::<Vec<_>>()
         .join("\n");
-    write_outputs(dir, &samples, header.trim())?;
+    write_report(dir, &samples, header.trim())?;
     print!("{}", report::markdown(&samples, header.trim()));
     Ok(())
 }
