@@ -71,6 +71,9 @@ struct Args {
     /// Sender of the maximum-rate UDP tests: pace (the harness's AF_XDP sender without a rate limit, faster than either switch here) or trafgen (netsniff-ng; about as fast as the switches here, so it measures the sender)
     #[arg(long, value_enum, default_value_t = MaxGen::Pace)]
     max_gen: MaxGen,
+    /// Idle halt polling of the guest's vCPUs during the latency tests, in ns (`cpuidle-haltpoll`'s `guest_halt_poll_ns`, put back afterwards). Default 200000, the kernel's own default: an idle vCPU polls that long before it halts, so a round trip measures the switches rather than how long a halted vCPU takes to be rescheduled. 0 leaves the machine's setting
+    #[arg(long, default_value_t = 200_000)]
+    latency_halt_poll_ns: u64,
     /// Output directory (default bench/results/ferrovs-bench-<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -448,7 +451,7 @@ fn run(mut args: Args) -> Result<(), String> {
     let header = format!(
         "Machine: {}.\nCommand: `ferrovs-bench {}`; {} s per UDP/TCP test (after {} ms warm-up), {} s per latency test; \
          switch poll core {}, generators on CPU {}; each switch daemon in a session of its own, poll thread at nice {} \
-         (ferrovsd poll_nice, ovs-ctl's default); {}; {}; UDP max from {}.",
+         (ferrovsd poll_nice, ovs-ctl's default); {}; {}; UDP max from {}; {}.",
         machine(),
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         args.secs,
@@ -479,6 +482,14 @@ fn run(mut args: Args) -> Result<(), String> {
         match args.max_gen {
             MaxGen::Pace => "`ferrovs-bench pace` without a rate limit",
             MaxGen::Trafgen => "trafgen",
+        },
+        match (topo::halt_poll_ns(), args.latency_halt_poll_ns) {
+            (None, _) => "no guest halt polling on this machine".to_string(),
+            (Some(own), 0) => format!("guest halt polling left at the machine's {own} ns"),
+            (Some(own), ns) if own == ns => format!("guest halt polling {ns} ns (the machine's own)"),
+            (Some(own), ns) => format!(
+                "latency tests with guest halt polling at {ns} ns (cpuidle-haltpoll; the machine's own is {own} ns)"
+            ),
         }
     );
     eprintln!(
@@ -550,14 +561,19 @@ fn run(mut args: Args) -> Result<(), String> {
                         Kind::Tcp => {
                             traffic::tcp(&gen_cfg, t.flows, secs, &probe, tck, &mut sample)
                         }
-                        Kind::Latency => traffic::latency(
-                            &gen_cfg,
-                            t.flows,
-                            Duration::from_secs(args.latency_secs),
-                            &probe,
-                            tck,
-                            &mut sample,
-                        ),
+                        Kind::Latency => {
+                            let _halt_poll = (args.latency_halt_poll_ns > 0)
+                                .then(|| topo::HaltPoll::set(args.latency_halt_poll_ns))
+                                .flatten();
+                            traffic::latency(
+                                &gen_cfg,
+                                t.flows,
+                                Duration::from_secs(args.latency_secs),
+                                &probe,
+                                tck,
+                                &mut sample,
+                            )
+                        }
                     }
                     .map_err(|e| e.to_string())
                 }

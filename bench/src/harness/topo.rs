@@ -110,6 +110,41 @@ pub fn log_tail(path: &std::path::Path) -> String {
     lines[lines.len().saturating_sub(5)..].join(" / ")
 }
 
+/// The guest kernel's idle halt-polling window (`cpuidle-haltpoll`).
+pub const HALT_POLL_NS: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+/// The idle halt-polling window in ns, if this guest has the driver.
+pub fn halt_poll_ns() -> Option<u64> {
+    std::fs::read_to_string(HALT_POLL_NS)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The idle halt-polling window set to another value for a while, and
+/// put back when dropped (also when the run is interrupted).
+#[derive(Debug)]
+pub struct HaltPoll {
+    old: u64,
+}
+
+impl HaltPoll {
+    /// Sets the window to `ns`. `None` when the guest has no haltpoll
+    /// driver, the window already is `ns`, or it cannot be written.
+    pub fn set(ns: u64) -> Option<HaltPoll> {
+        let old = halt_poll_ns()?;
+        if old == ns || std::fs::write(HALT_POLL_NS, ns.to_string()).is_err() {
+            return None;
+        }
+        Some(HaltPoll { old })
+    }
+}
+
+impl Drop for HaltPoll {
+    fn drop(&mut self) {
+        let _ = std::fs::write(HALT_POLL_NS, self.old.to_string());
+    }
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
 pub struct ChildGuard(pub Child);
