@@ -106,10 +106,13 @@ pub struct SwitchConfig {
     /// cores gets a small share instead of half: a poll thread that waits
     /// out another thread's time slice of several milliseconds loses
     /// frames once its receive ring (2,048 frames, 7 ms at 300 kpps) is
-    /// full. OVS's `ovs-ctl` starts `ovs-vswitchd` at -10. Lowering it
-    /// needs `CAP_SYS_NICE`; without it the threads keep the inherited
-    /// niceness and a warning is logged. `None` (the default here; ferrovsd
-    /// uses [`DEFAULT_POLL_NICE`]) leaves the niceness alone.
+    /// full. OVS's `ovs-ctl` starts `ovs-vswitchd` at -10. Niceness weighs
+    /// threads within one scheduling group: a cgroup, or with autogroup
+    /// scheduling a session, so the daemon should have its own (a service
+    /// manager gives it one). Lowering it needs `CAP_SYS_NICE`; without it
+    /// the threads keep the inherited niceness and a warning is logged.
+    /// `None` (the default here; ferrovsd uses [`DEFAULT_POLL_NICE`])
+    /// leaves the niceness alone.
     pub poll_nice: Option<i32>,
 }
 
