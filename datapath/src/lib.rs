@@ -19,5 +19,6 @@ pub mod switch;
 pub mod tunnel;
 pub mod txbatch;
 pub mod vxlan;
+pub mod wakepace;
 pub mod worker;
 pub mod xsk;

@@ -38,6 +38,7 @@ use crate::shared::{
 };
 use crate::tunnel;
 use crate::txbatch::TxBatching;
+use crate::wakepace::WakePacer;
 
 /// mio token of the management waker.
 pub const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -116,6 +117,8 @@ struct StageQ {
     /// or, with offset [`WHOLE`], a run of `length` whole frames from the
     /// batch index on.
     refs: Vec<(u16, u16, u16)>,
+    /// Whether to wait before this port's transmit wake-ups.
+    pacer: WakePacer,
 }
 
 /// Offset marking a run of whole received frames in [`StageQ::refs`].
@@ -1007,7 +1010,7 @@ impl Engine {
                 q.refs.clear();
                 q.frames.clear();
                 q.used = 0;
-                let wait = finish(&mut **tx, self.tx_hold);
+                let wait = finish(&mut **tx, self.tx_hold, &mut q.pacer);
                 drop(tx);
                 self.note_held(i, wait, sent);
                 return self.count_tx(i, sent, bytes, failed);
@@ -1060,7 +1063,7 @@ impl Engine {
             if rx.is_some() {
                 q.refs.clear();
             }
-            wait = finish(tx, self.tx_hold);
+            wait = finish(tx, self.tx_hold, &mut q.pacer);
         } else {
             (sent, bytes) = (0, 0);
             failed = (q.frames.len() + q.n_refs()) as u64;
@@ -1211,11 +1214,20 @@ impl Engine {
 /// Ends a transmit: submits and, unless `hold`, wakes the kernel.
 /// Returns whether frames wait for a later wake-up.
 #[inline]
-fn finish(tx: &mut dyn crate::port::PortTx, hold: bool) -> bool {
+fn finish(tx: &mut dyn crate::port::PortTx, hold: bool, pacer: &mut WakePacer) -> bool {
     if hold {
         tx.submit()
     } else {
+        // Light load: each round's output is sent at once, after the wait
+        // the port's pacer found to make the wake-up cheapest (usually 0).
+        let wait = pacer.wait_ns();
+        let start = Instant::now();
+        while wait > 0 && (start.elapsed().as_nanos() as u64) < wait {
+            std::hint::spin_loop();
+        }
+        let woke = Instant::now();
         tx.flush();
+        pacer.record(woke.elapsed().as_nanos() as u64);
         false
     }
 }
