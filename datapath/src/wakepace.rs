@@ -79,11 +79,18 @@ impl WakePacer {
         *max = (*max).max(cost);
         self.left -= 1;
         if self.left == 0 {
-            // Lowest total without its dearest sample wins; ties go to
-            // the shorter wait.
-            self.chosen = (0..WAITS_NS.len())
-                .min_by_key(|&i| (costs[i].0 - costs[i].1, i))
+            // Lowest total without its dearest sample wins, but a wait
+            // must save a fifth of the cost of not waiting: it is spent
+            // poll time, and small differences are noise.
+            let score = |i: usize| costs[i].0 - costs[i].1;
+            let best = (0..WAITS_NS.len())
+                .min_by_key(|&i| (score(i), i))
                 .unwrap_or(0);
+            self.chosen = if score(best) * 5 <= score(0) * 4 {
+                best
+            } else {
+                0
+            };
             self.trial = None;
             self.left = KEEP;
         } else {
@@ -134,6 +141,21 @@ mod tests {
         drive(&mut p, TRIAL_ROUNDS + TRIAL, |_| 3_000);
         assert_eq!(p.chosen_ns(), 0);
         assert_eq!(p.wait_ns(), 0);
+    }
+
+    #[test]
+    fn a_small_saving_is_not_worth_waiting_for() {
+        let mut p = WakePacer::default();
+        // Waiting 0.5 µs makes the wake-up 0.6 µs shorter: 3 % cheaper in
+        // total, within the noise of a stream's wake-ups.
+        drive(&mut p, TRIAL_ROUNDS + TRIAL, |w| {
+            if w == 500 {
+                2_400
+            } else {
+                3_000
+            }
+        });
+        assert_eq!(p.chosen_ns(), 0);
     }
 
     #[test]
