@@ -62,8 +62,15 @@ impl WakePacer {
         }
     }
 
+    /// Whether the next wake-up's own time is wanted (during a trial);
+    /// otherwise [`WakePacer::record`] ignores it and the caller need not
+    /// read the clock.
+    pub fn timing(&self) -> bool {
+        self.trial.is_some()
+    }
+
     /// Records one wake-up that waited [`WakePacer::wait_ns`] and then took
-    /// `took_ns` itself.
+    /// `took_ns` itself (any value when not [`WakePacer::timing`]).
     pub fn record(&mut self, took_ns: u64) {
         let Some((arm, mut costs)) = self.trial else {
             self.left = self.left.saturating_sub(1);
@@ -189,6 +196,18 @@ mod tests {
                 3_000
             }
         });
+        assert_eq!(p.chosen_ns(), 0);
+    }
+
+    #[test]
+    fn times_only_in_trials() {
+        let mut p = WakePacer::default();
+        let mut timed = 0;
+        for _ in 0..TRIAL_ROUNDS + TRIAL + KEEP {
+            timed += u32::from(p.timing());
+            p.record(if p.timing() { 3_000 } else { 0 });
+        }
+        assert_eq!(timed, TRIAL, "one trial's wake-ups, no others");
         assert_eq!(p.chosen_ns(), 0);
     }
 
