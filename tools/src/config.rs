@@ -592,19 +592,9 @@ key = 5000
     fn poll_nice() {
         let c = Config::parse("", "n.toml").unwrap();
         assert_eq!(c.poll_nice, -10, "OVS's niceness by default");
-        let c = Config::parse(
-            "poll_nice = 0
-",
-            "n.toml",
-        )
-        .unwrap();
+        let c = Config::parse("poll_nice = 0\n", "n.toml").unwrap();
         assert_eq!(c.poll_nice, 0);
-        let e = Config::parse(
-            "poll_nice = -21
-",
-            "n.toml",
-        )
-        .unwrap_err();
+        let e = Config::parse("poll_nice = -21\n", "n.toml").unwrap_err();
         assert_eq!(
             e.to_string(),
             "n.toml: field poll_nice: -21 is outside -20..19"

@@ -59,12 +59,7 @@ fn ping_and_tcp_between_two_namespaces() {
         "{ports}"
     );
     // ... and how often the switch woke the kernel to transmit.
-    let wakeups: u64 = ports
-        .split("tx_wakeups=")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let wakeups = common::field_u64(&ports, "tx_wakeups=").unwrap_or(0);
     assert!(wakeups > 0, "{ports}");
 }
 

@@ -754,6 +754,20 @@ mod tests {
         }
     }
 
+    /// One latency round of `sys` in test `t`.
+    fn rtt(round: u32, sys: System, t: Test, p50: f64, p99: f64) -> Sample {
+        Sample {
+            round,
+            system: Some(sys),
+            test: Some(t),
+            secs: 1.0,
+            rtts: 10_000,
+            p50_us: Some(p50),
+            p99_us: Some(p99),
+            ..Sample::default()
+        }
+    }
+
     fn fixture() -> Vec<Sample> {
         let t = udp(Some(10_000));
         let lat = Test {
@@ -772,18 +786,8 @@ mod tests {
             s(3, System::Ovs, t, 0, None),
         ];
         v[7].error = Some("ovs: no connectivity".into());
-        for (sys, p50, p99) in [(System::Ferrovs, 40.0, 90.0), (System::Ovs, 50.0, 100.0)] {
-            v.push(Sample {
-                round: 1,
-                system: Some(sys),
-                test: Some(lat),
-                secs: 1.0,
-                rtts: 10_000,
-                p50_us: Some(p50),
-                p99_us: Some(p99),
-                ..Sample::default()
-            });
-        }
+        v.push(rtt(1, System::Ferrovs, lat, 40.0, 90.0));
+        v.push(rtt(1, System::Ovs, lat, 50.0, 100.0));
         v
     }
 
@@ -859,23 +863,13 @@ mod tests {
             flows: 1,
             rules: Some(10),
         };
-        let rtt = |round, sys, p50, p99| Sample {
-            round,
-            system: Some(sys),
-            test: Some(lat),
-            secs: 1.0,
-            rtts: 10_000,
-            p50_us: Some(p50),
-            p99_us: Some(p99),
-            ..Sample::default()
-        };
         // p50: ferrovs 40 and 60 against OVS 50 and 70 overlap; p99: every
         // ferrovs round below every OVS round.
         let v = vec![
-            rtt(1, System::Ferrovs, 40.0, 90.0),
-            rtt(1, System::Ovs, 50.0, 100.0),
-            rtt(2, System::Ferrovs, 60.0, 95.0),
-            rtt(2, System::Ovs, 70.0, 110.0),
+            rtt(1, System::Ferrovs, lat, 40.0, 90.0),
+            rtt(1, System::Ovs, lat, 50.0, 100.0),
+            rtt(2, System::Ferrovs, lat, 60.0, 95.0),
+            rtt(2, System::Ovs, lat, 70.0, 110.0),
         ];
         assert_eq!(ratio_cell(&v, lat, |x| x.p50_us), "≈0.83x");
         assert_eq!(ratio_cell(&v, lat, |x| x.p99_us), "0.88x");

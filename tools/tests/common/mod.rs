@@ -255,7 +255,8 @@ pub fn parse_dump_ports(text: &str) -> BTreeMap<u16, (u64, u64)> {
     m
 }
 
-fn field_u64(text: &str, name: &str) -> Option<u64> {
+/// The number right after `name` in `text` (e.g. `tx_wakeups=`).
+pub fn field_u64(text: &str, name: &str) -> Option<u64> {
     let i = text.find(name)? + name.len();
     let digits: String = text[i..]
         .chars()
